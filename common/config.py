@@ -1,0 +1,187 @@
+"""Settings, read once from the environment and ``.env``.
+
+Every variable the system reads is declared here and documented in ``.env.example``.
+A missing or malformed value stops the process at start with one line that names the
+variable and says what is expected; values themselves are never echoed (they may be secrets).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import functools
+import sys
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import NoReturn
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from common import constants
+
+
+class AppEnv(StrEnum):
+    development = "development"
+    test = "test"
+    staging = "staging"
+    production = "production"
+
+
+@dataclass(frozen=True)
+class DatabaseTarget:
+    """Where PostgreSQL is and how large the pool may grow, parsed from ``DATABASE_URL``."""
+
+    user: str
+    password: str | None
+    database: str
+    host: str | None
+    port: int
+    unix_sock: str | None
+    pool_size: int
+    pool_timeout_s: float
+
+    def describe(self) -> str:
+        """Location without credentials, safe to print and log."""
+        where = self.unix_sock or f"{self.host}:{self.port}"
+        return f"{where}/{self.database}"
+
+
+DATABASE_URL_EXPECTED = (
+    "expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+    "[?connection_limit=N&pool_timeout=SECONDS] (a unix socket goes in ?host=/dir)"
+)
+
+
+def parse_database_url(url: str) -> DatabaseTarget:
+    """Parse a PostgreSQL URL; raise ``ValueError`` with what is expected."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(DATABASE_URL_EXPECTED)
+    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    database = unquote(parts.path.lstrip("/")) or "postgres"
+    try:
+        port = parts.port or int(query.get("port", 5432))
+        pool_size = int(query.get("connection_limit", constants.default_connection_limit))
+        pool_timeout_s = float(query.get("pool_timeout", constants.default_pool_timeout_s))
+    except ValueError:
+        raise ValueError(DATABASE_URL_EXPECTED + "; port, connection_limit, pool_timeout are numbers") from None
+    if pool_size < 1 or pool_timeout_s <= 0:
+        raise ValueError("connection_limit must be >= 1 and pool_timeout > 0")
+    socket_dir = query.get("host") if query.get("host", "").startswith("/") else None
+    host = None if socket_dir else (parts.hostname or query.get("host") or "127.0.0.1")
+    return DatabaseTarget(
+        user=unquote(parts.username or "postgres"),
+        password=unquote(parts.password) if parts.password else None,
+        database=database,
+        host=host,
+        port=port,
+        unix_sock=f"{socket_dir}/.s.PGSQL.{port}" if socket_dir else None,
+        pool_size=pool_size,
+        pool_timeout_s=pool_timeout_s,
+    )
+
+
+def _decode_key(value: str, length: int, what: str) -> bytes:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"expected base64 of {length} bytes ({what})") from None
+    if len(raw) != length:
+        raise ValueError(f"expected base64 of {length} bytes ({what}), got {len(raw)} bytes")
+    return raw
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Field names are the environment variable names, lower-cased."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    database_url: str = Field(description=DATABASE_URL_EXPECTED)
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL (transport only)")
+    enable_queues: bool = Field(default=True, description="false: send inline, no Redis queue")
+    encryption_key: str = Field(description="expected base64 of 32 random bytes (the AES-256 key for data at rest)")
+    telnyx_api_key: str = Field(min_length=1, description="expected the Telnyx API key (KEY...)")
+    telnyx_base_url: str = Field(description="expected the Telnyx API base URL, e.g. https://api.telnyx.com/v2 or the sandbox")
+    telnyx_public_key: str | None = Field(default=None, description="base64 Ed25519 public key (webhooks)")
+    app_env: AppEnv = Field(default=AppEnv.development)
+    redis_key_prefix: str = Field(default="kq", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
+    log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
+    health_timeout_ms: int = Field(default=80, ge=5, le=5000)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        parse_database_url(value)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("expected redis://HOST:PORT/DB, rediss://... or unix:///path/redis.sock")
+        return value
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _check_encryption_key(cls, value: str) -> str:
+        _decode_key(value, 32, "make one with: python -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())'")
+        return value
+
+    @field_validator("telnyx_public_key")
+    @classmethod
+    def _check_public_key(cls, value: str | None) -> str | None:
+        if value:
+            _decode_key(value, 32, "the Ed25519 public key from Telnyx's portal")
+        return value or None
+
+    @field_validator("telnyx_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("expected an http(s) URL such as https://api.telnyx.com/v2")
+        return value.rstrip("/")
+
+    @property
+    def database(self) -> DatabaseTarget:
+        return parse_database_url(self.database_url)
+
+    @property
+    def encryption_key_bytes(self) -> bytes:
+        return base64.b64decode(self.encryption_key)
+
+
+class ConfigurationError(Exception):
+    """Settings could not be loaded; ``str(err)`` is one line naming the variable."""
+
+
+def load_settings() -> Settings:
+    """Read settings now; raise ``ConfigurationError`` with one line per the first bad variable."""
+    try:
+        return Settings()  # type: ignore[call-arg]  # values come from the environment
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        variable = str(first["loc"][0]).upper() if first["loc"] else "?"
+        if first["type"] == "missing":
+            field = Settings.model_fields.get(variable.lower())
+            expected = field.description if field and field.description else "a value"
+            message = f"{variable} is not set: {expected}"
+        else:
+            reason = str(first["msg"]).removeprefix("Value error, ")
+            message = f"{variable} is invalid: {reason}"
+        raise ConfigurationError(f"configuration error: {message} (see .env.example)") from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings; a bad configuration exits the process with one line."""
+    try:
+        return load_settings()
+    except ConfigurationError as exc:
+        _exit(str(exc))
+
+
+def _exit(line: str) -> NoReturn:
+    print(line, file=sys.stderr, flush=True)
+    raise SystemExit(2)

@@ -1,0 +1,247 @@
+"""A bounded, thread-safe pool of pg8000 connections.
+
+Size and wait come from ``DATABASE_URL`` (``connection_limit``, ``pool_timeout``). A connection that
+the server dropped (restart, failover, idle kill) is never handed out again: on checkout the socket is
+polled without a round trip (an idle PostgreSQL connection has nothing to read, so anything readable is
+an EOF or the server's "terminating connection" notice), and a connection that raised a network error
+while in use is discarded on return instead of going back to the idle list.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import socket
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+import pg8000.native
+
+from common.config import DatabaseTarget
+
+logger = logging.getLogger("koinonia.db")
+
+
+
+class Connection(Protocol):
+    """What callers use of a pg8000 native connection (``:name`` parameters, autocommit)."""
+
+    def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any: ...
+
+    def execute_simple(self, statement: str) -> Any: ...
+
+    def close(self) -> None: ...
+
+# Errors that mean the connection itself is unusable (as opposed to a failed statement).
+_BROKEN_ERRORS: tuple[type[BaseException], ...] = (
+    pg8000.native.InterfaceError,
+    OSError,
+    struct.error,
+    EOFError,
+)
+
+connect_timeout_s = 5.0  # TCP connect and each socket read/write after that
+_IDLE = b"I"
+
+
+class DatabaseUnavailable(Exception):
+    """PostgreSQL could not be reached; the message says where and what to check."""
+
+
+class PoolTimeout(DatabaseUnavailable):
+    """Every connection stayed busy for the whole ``pool_timeout``."""
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    max_size: int
+    open: int
+    in_use: int
+    idle: int
+    waiting: int
+    replaced: int  # connections found broken and discarded since start
+
+
+class Pool:
+    def __init__(self, target: DatabaseTarget, *, application_name: str = "koinonia") -> None:
+        self.target = target
+        self._application_name = application_name
+        self._idle: deque[Connection] = deque()
+        self._open = 0
+        self._waiting = 0
+        self._replaced = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    # -- public -------------------------------------------------------------------------------
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """Borrow a connection (autocommit); it returns to the pool when the block ends."""
+        conn = self._checkout()
+        broken = False
+        try:
+            yield conn
+        except _BROKEN_ERRORS:
+            broken = True
+            raise
+        finally:
+            self._checkin(conn, broken=broken)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A connection inside ``BEGIN`` ... ``COMMIT`` (``ROLLBACK`` if the block raises)."""
+        with self.connection() as conn:
+            conn.run("BEGIN")
+            try:
+                yield conn
+            except BaseException:
+                _quiet_rollback(conn)
+                raise
+            conn.run("COMMIT")
+
+    def run(self, sql: str, **params: Any) -> list[list[Any]]:
+        """One statement on a borrowed connection; the rows it returned."""
+        with self.connection() as conn:
+            return conn.run(sql, **params) or []
+
+    def stats(self) -> PoolStats:
+        with self._cond:
+            idle = len(self._idle)
+            return PoolStats(
+                max_size=self.target.pool_size,
+                open=self._open,
+                in_use=self._open - idle,
+                idle=idle,
+                waiting=self._waiting,
+                replaced=self._replaced,
+            )
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            idle, self._idle = list(self._idle), deque()
+            self._open -= len(idle)
+            self._cond.notify_all()
+        for conn in idle:
+            _quiet_close(conn)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _checkout(self) -> Connection:
+        deadline = time.monotonic() + self.target.pool_timeout_s
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise DatabaseUnavailable("the connection pool is closed")
+                while self._idle:
+                    conn = self._idle.pop()
+                    if _looks_alive(conn):
+                        return conn
+                    self._open -= 1
+                    self._replaced += 1
+                    _quiet_close(conn)
+                    logger.info("discarded a dropped PostgreSQL connection; opening a new one")
+                if self._open < self.target.pool_size:
+                    self._open += 1
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise PoolTimeout(
+                        f"all {self.target.pool_size} PostgreSQL connections stayed busy for "
+                        f"{self.target.pool_timeout_s:g}s; raise connection_limit or pool_timeout in "
+                        "DATABASE_URL, or look for slow queries"
+                    )
+                self._waiting += 1
+                try:
+                    self._cond.wait(remaining)
+                finally:
+                    self._waiting -= 1
+        try:
+            return self._connect()
+        except BaseException:
+            with self._cond:
+                self._open -= 1
+                self._cond.notify()
+            raise
+
+    def _checkin(self, conn: Connection, *, broken: bool) -> None:
+        if not broken and getattr(conn, "_transaction_status", _IDLE) != _IDLE:
+            # Leaked transaction (the caller forgot COMMIT, or raised inside one): never let the next
+            # borrower inherit half a transaction or a failed one.
+            broken = not _quiet_rollback(conn)
+        with self._cond:
+            if broken or self._closed:
+                self._open -= 1
+                if broken:
+                    self._replaced += 1
+            else:
+                self._idle.append(conn)
+            self._cond.notify()
+        if broken or self._closed:
+            _quiet_close(conn)
+
+    def _connect(self) -> Connection:
+        t = self.target
+        try:
+            conn = pg8000.native.Connection(
+                user=t.user,
+                password=t.password,
+                database=t.database,
+                host=t.host or "localhost",
+                port=t.port,
+                unix_sock=t.unix_sock,
+                timeout=connect_timeout_s * 6,
+                application_name=self._application_name,
+                tcp_keepalive=True,
+            )
+            return cast(Connection, conn)
+        except pg8000.native.DatabaseError as exc:
+            raise DatabaseUnavailable(
+                f"PostgreSQL at {t.describe()} refused the connection ({_sqlstate(exc)}); "
+                "check the user, password and database in DATABASE_URL"
+            ) from exc
+        except (pg8000.native.InterfaceError, OSError) as exc:
+            raise DatabaseUnavailable(
+                f"cannot reach PostgreSQL at {t.describe()}; is it running? "
+                "(start it, or unset DATABASE_URL to let `koinonia dev` run an embedded one)"
+            ) from exc
+
+
+def _looks_alive(conn: Connection) -> bool:
+    sock: socket.socket | None = getattr(conn, "_usock", None)
+    if sock is None:
+        return False
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return not readable
+
+
+def _quiet_rollback(conn: Connection) -> bool:
+    try:
+        conn.run("ROLLBACK")
+        return True
+    except Exception:  # the connection is going away; the caller sees its original error
+        return False
+
+
+def _quiet_close(conn: Connection) -> None:
+    try:
+        conn.close()
+    except Exception:  # closing a dead socket can raise; there is nothing left to release
+        logger.debug("error while closing a dropped connection", exc_info=True)
+
+
+def _sqlstate(exc: BaseException) -> str:
+    detail = exc.args[0] if exc.args else {}
+    if isinstance(detail, dict):
+        return f"{detail.get('C', '?')}: {detail.get('M', '')}"
+    return type(exc).__name__

@@ -1,0 +1,145 @@
+"""Real PostgreSQL and Redis for every test, each test isolated.
+
+``TEST_DATABASE_URL`` / ``TEST_REDIS_URL`` point the suite at running servers (CI uses the machine's);
+without them the suite starts embedded ones itself (pgserver, redis-server) and stops them at the end.
+Isolation: every test gets its own database, cloned from a migrated template, and its own Redis key
+prefix, so tests can run in parallel (``-n auto``) against one server.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from common import constants
+from common.config import Settings, get_settings, parse_database_url
+from common.db import get_pool
+from common.db.migrate import migrate
+from common.db.pool import Pool
+from common.redis_client import RedisGate, get_redis
+from infra.embedded import PostgresProcess, RedisProcess
+from tests.helpers import with_database
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a PostgreSQL server's maintenance database (``postgres``)."""
+    configured = os.environ.get(constants.TEST_DATABASE_URL_ENV)
+    if configured:
+        yield configured
+        return
+    server = PostgresProcess(tmp_path_factory.mktemp("pg")).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    configured = os.environ.get(constants.TEST_REDIS_URL_ENV)
+    if configured:
+        yield configured
+        return
+    server = RedisProcess(tmp_path_factory.mktemp("redis"), persist=False).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def template_database(pg_server_url: str) -> Iterator[str]:
+    """A migrated database that every test's database is cloned from."""
+    name = f"kt_tpl_{uuid.uuid4().hex[:12]}"
+    admin = Pool(parse_database_url(pg_server_url))
+    admin.run(f'CREATE DATABASE "{name}"')
+    template = Pool(parse_database_url(with_database(pg_server_url, name)))
+    try:
+        migrate(template, progress=lambda _line: None)
+    finally:
+        template.close()
+    yield name
+    admin.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+@pytest.fixture
+def database_url(pg_server_url: str, template_database: str) -> Iterator[str]:
+    """A fresh, migrated database for this test alone."""
+    name = f"kt_{uuid.uuid4().hex[:16]}"
+    admin = Pool(parse_database_url(pg_server_url))
+    admin.run(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    try:
+        yield with_database(pg_server_url, name)
+    finally:
+        admin.run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture
+def pool(database_url: str) -> Iterator[Pool]:
+    p = Pool(parse_database_url(database_url))
+    yield p
+    p.close()
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def redis_gate(redis_server_url: str, redis_prefix: str) -> Iterator[RedisGate]:
+    gate = RedisGate(redis_server_url, prefix=redis_prefix)
+    yield gate
+    _delete_prefix(gate)
+    gate.close()
+
+
+def _delete_prefix(gate: RedisGate) -> None:
+    keys = list(gate.client.scan_iter(match=f"{{{gate.prefix}}}*", count=1000))
+    if keys:
+        gate.client.delete(*keys)
+
+
+@pytest.fixture
+def env(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: os.PathLike[str],
+    database_url: str,
+    redis_server_url: str,
+    redis_prefix: str,
+) -> Iterator[Settings]:
+    """The process environment a function sees, pointed at this test's database and key prefix."""
+    monkeypatch.chdir(tmp_path)  # no developer .env leaks into a test
+    values = {
+        constants.DATABASE_URL_ENV: database_url,
+        constants.REDIS_URL_ENV: redis_server_url,
+        constants.REDIS_KEY_PREFIX_ENV: redis_prefix,
+        constants.ENABLE_QUEUES_ENV: "true",
+        constants.ENCRYPTION_KEY_ENV: base64.b64encode(os.urandom(32)).decode(),
+        constants.TELNYX_API_KEY_ENV: "KEY_sandbox",
+        constants.TELNYX_BASE_URL_ENV: "http://127.0.0.1:9/v2",
+        constants.APP_ENV_ENV: "test",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    _clear_process_singletons()
+    yield get_settings()
+    if get_redis.cache_info().currsize:
+        _delete_prefix(get_redis())
+    _clear_process_singletons()
+
+
+def _clear_process_singletons() -> None:
+    if get_pool.cache_info().currsize:
+        get_pool().close()
+    if get_redis.cache_info().currsize:
+        get_redis().close()
+    for cached in (get_settings, get_pool, get_redis):
+        cached.cache_clear()
