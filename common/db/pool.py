@@ -88,8 +88,8 @@ class Pool:
         broken = False
         try:
             yield conn
-        except _BROKEN_ERRORS:
-            broken = True
+        except BaseException as exc:
+            broken = _breaks_connection(exc)
             raise
         finally:
             self._checkin(conn, broken=broken)
@@ -212,6 +212,16 @@ class Pool:
                 f"cannot reach PostgreSQL at {t.describe()}; is it running? "
                 "(start it, or unset DATABASE_URL to let `koinonia dev` run an embedded one)"
             ) from exc
+
+
+def _breaks_connection(exc: BaseException) -> bool:
+    """Network failures, and server errors of class 08 (connection) or 57P (shutdown, terminated)."""
+    if isinstance(exc, _BROKEN_ERRORS):
+        return True
+    if isinstance(exc, pg8000.native.DatabaseError):
+        code = str(exc.args[0].get("C", "")) if exc.args and isinstance(exc.args[0], dict) else ""
+        return code.startswith(("08", "57P"))
+    return False
 
 
 def _looks_alive(conn: Connection) -> bool:

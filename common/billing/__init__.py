@@ -1,0 +1,1 @@
+"""Billing: subscriptions, their segment allowance, and what a church used of it."""

@@ -1,0 +1,1 @@
+"""Conversations: one thread per church number and contact address, with its messages."""

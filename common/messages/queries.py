@@ -1,0 +1,151 @@
+"""The hot reads on ``messages``: a church's message list, and the scheduler's two work queries.
+
+Each query is a module constant so that the test suite can ``EXPLAIN`` exactly the SQL that runs here
+(tests/test_hot_queries.py asserts every one is answered from an index on realistic statistics). A list
+has two constants, first page and next page, instead of one with ``:before IS NULL OR ...``: an ``OR``
+on a parameter cannot become an index condition, so one statement would read from the newest row on
+every page.
+
+Pagination is keyset, newest first on ``(created_at, id)``: the cursor is the last row of the previous
+page, so a page costs the same at any depth and rows inserted meanwhile neither repeat nor vanish.
+``id`` breaks ties (a broadcast's rows share one ``created_at``: ``now()`` is the transaction time); the
+index ``messages_church_created (church_id, created_at, id)`` serves the whole order (migration 0002).
+Pass timezone-aware datetimes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+from common.db.pool import Pool
+
+# The columns a list shows; body and error detail are there, the carrier bookkeeping is not.
+_LIST_COLUMNS = """
+    id, church_id, broadcast_id, channel, lane, to_address, from_address, subject, body, segments,
+    status, attempts, last_error_code, created_at, sent_at, finalized_at
+"""
+
+LIST_FIRST_PAGE_SQL = f"""
+SELECT {_LIST_COLUMNS}
+FROM messages
+WHERE church_id = :church_id
+ORDER BY created_at DESC, id DESC
+LIMIT :limit
+"""
+
+LIST_NEXT_PAGE_SQL = f"""
+SELECT {_LIST_COLUMNS}
+FROM messages
+WHERE church_id = :church_id
+  AND (created_at, id) < (:before_at, :before_id)
+ORDER BY created_at DESC, id DESC
+LIMIT :limit
+"""
+
+# The scheduler's "what is due": the predicate repeats messages_due's WHERE literally (a parameter
+# there could not prove the partial index applies). Cross-church on purpose: the scheduler serves
+# every church; fair share between churches is decided after this read, not in it.
+DUE_FOR_ATTEMPT_SQL = """
+SELECT id, church_id, channel, lane, status, attempts, max_attempts, next_attempt_at, deadline_at
+FROM messages
+WHERE status IN ('scheduled', 'queued', 'retrying')
+  AND next_attempt_at <= :now
+ORDER BY next_attempt_at, id
+LIMIT :limit
+"""
+
+# Claims whose consumer died: status 'sending' past its lease (partial index messages_lease).
+EXPIRED_LEASES_SQL = """
+SELECT id, church_id, claim_token, attempts, max_attempts, lease_until, deadline_at
+FROM messages
+WHERE status = 'sending'
+  AND lease_until < :now
+ORDER BY lease_until, id
+LIMIT :limit
+"""
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    """One row of a church's message list."""
+
+    id: UUID
+    church_id: UUID
+    broadcast_id: UUID | None
+    channel: str
+    lane: str
+    to_address: str
+    from_address: str | None
+    subject: str | None
+    body: str
+    segments: int
+    status: str
+    attempts: int
+    last_error_code: str | None
+    created_at: datetime
+    sent_at: datetime | None
+    finalized_at: datetime | None
+
+    @property
+    def cursor(self) -> tuple[datetime, UUID]:
+        """What to pass as ``before`` to get the page after the one this row ends."""
+        return (self.created_at, self.id)
+
+
+@dataclass(frozen=True)
+class DueMessage:
+    """A message whose next carrier attempt (or scheduled first send) is due."""
+
+    id: UUID
+    church_id: UUID
+    channel: str
+    lane: str
+    status: str
+    attempts: int
+    max_attempts: int
+    next_attempt_at: datetime
+    deadline_at: datetime
+
+
+@dataclass(frozen=True)
+class ExpiredLease:
+    """A message left in 'sending' by a consumer that never reported back."""
+
+    id: UUID
+    church_id: UUID
+    claim_token: UUID | None
+    attempts: int
+    max_attempts: int
+    lease_until: datetime
+    deadline_at: datetime
+
+
+def list_church_messages(
+    pool: Pool,
+    church_id: UUID,
+    *,
+    limit: int,
+    before: tuple[datetime, UUID] | None = None,
+) -> list[MessageRow]:
+    """One page of a church's messages, newest first; ``before`` is the previous page's last cursor."""
+    if before is None:
+        rows = pool.run(LIST_FIRST_PAGE_SQL, church_id=church_id, limit=limit)
+    else:
+        rows = pool.run(LIST_NEXT_PAGE_SQL, church_id=church_id, limit=limit, before_at=before[0], before_id=before[1])
+    return [MessageRow(*row) for row in rows]
+
+
+def due_for_attempt(pool: Pool, *, now: datetime, limit: int) -> list[DueMessage]:
+    """Messages due for a (re)send at ``now``, oldest due first, across all churches.
+
+    A read, not a claim: the caller moves each one on with a fenced status update, which is what keeps
+    two schedulers from sending the same message.
+    """
+    return [DueMessage(*row) for row in pool.run(DUE_FOR_ATTEMPT_SQL, now=now, limit=limit)]
+
+
+def expired_leases(pool: Pool, *, now: datetime, limit: int) -> list[ExpiredLease]:
+    """Messages still 'sending' whose lease ran out before ``now``, longest expired first."""
+    return [ExpiredLease(*row) for row in pool.run(EXPIRED_LEASES_SQL, now=now, limit=limit)]

@@ -1,0 +1,107 @@
+"""The demo church the local stack starts with: a church, an API key, a sending number, a group.
+
+Idempotent: running it again keeps the church and its data and issues a fresh API key (the old one is
+revoked, since a key cannot be shown twice).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from common.auth.api_keys import issue_key
+from common.db.pool import Pool
+from common.ids import uuid7
+
+DEMO_CHURCH_NAME = "Grace Fellowship (demo)"
+DEMO_SENDER = "+15005550006"
+DEMO_MEMBERS = [
+    ("Ruth", "Adeyemi", "+15005550101"),
+    ("Samuel", "Okafor", "+15005550102"),
+    ("Miriam", "Lee", "+15005550103"),
+    ("Daniel", "Garcia", "+15005550104"),
+    ("Esther", "Nguyen", "+15005550105"),
+]
+
+
+@dataclass(frozen=True)
+class DemoChurch:
+    church_id: str
+    api_key: str
+    sender: str
+    group_id: str
+    member_count: int
+
+
+def seed_demo(pool: Pool) -> DemoChurch:
+    now = datetime.now(UTC)
+    with pool.transaction() as conn:
+        rows = conn.run("SELECT id FROM churches WHERE name = :name", name=DEMO_CHURCH_NAME)
+        if rows:
+            church_id = rows[0][0]
+        else:
+            church_id = uuid7()
+            conn.run(
+                "INSERT INTO churches (id, name, help_text) VALUES (:id, :name, :help)",
+                id=church_id,
+                name=DEMO_CHURCH_NAME,
+                help="Grace Fellowship texts: reply STOP to opt out. Questions? Call the office.",
+            )
+            conn.run(
+                "INSERT INTO sender_numbers (id, church_id, phone, kind, sms_per_second, is_default)"
+                " VALUES (:id, :church, :phone, 'toll_free', 20, true)",
+                id=uuid7(),
+                church=church_id,
+                phone=DEMO_SENDER,
+            )
+            conn.run(
+                "INSERT INTO subscriptions (id, church_id, plan, status, segment_allowance, period_start, period_end)"
+                " VALUES (:id, :church, 'demo', 'active', 10000, :start, :end)",
+                id=uuid7(),
+                church=church_id,
+                start=now - timedelta(days=1),
+                end=now + timedelta(days=29),
+            )
+        group_rows = conn.run(
+            "INSERT INTO groups (id, church_id, name) VALUES (:id, :church, 'Prayer chain')"
+            " ON CONFLICT (church_id, name) DO UPDATE SET name = EXCLUDED.name RETURNING id",
+            id=uuid7(),
+            church=church_id,
+        )
+        group_id = group_rows[0][0]
+        for first, last, phone in DEMO_MEMBERS:
+            contact = conn.run(
+                "INSERT INTO contacts (id, church_id, phone, first_name, last_name)"
+                " VALUES (:id, :church, :phone, :first, :last)"
+                " ON CONFLICT (church_id, phone) WHERE phone IS NOT NULL DO UPDATE SET first_name = EXCLUDED.first_name"
+                " RETURNING id",
+                id=uuid7(),
+                church=church_id,
+                phone=phone,
+                first=first,
+                last=last,
+            )
+            conn.run(
+                "INSERT INTO group_members (group_id, contact_id) VALUES (:g, :c) ON CONFLICT DO NOTHING",
+                g=group_id,
+                c=contact[0][0],
+            )
+        conn.run(
+            "UPDATE api_keys SET revoked_at = now() WHERE church_id = :church AND revoked_at IS NULL",
+            church=church_id,
+        )
+        issued = issue_key()
+        conn.run(
+            "INSERT INTO api_keys (id, church_id, prefix, key_hash, name) VALUES (:id, :church, :prefix, :hash, 'demo')",
+            id=uuid7(),
+            church=church_id,
+            prefix=issued.prefix,
+            hash=issued.key_hash,
+        )
+    return DemoChurch(
+        church_id=str(church_id),
+        api_key=issued.key,
+        sender=DEMO_SENDER,
+        group_id=str(group_id),
+        member_count=len(DEMO_MEMBERS),
+    )
