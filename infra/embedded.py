@@ -114,14 +114,14 @@ class PostgresProcess:
 
     def start(self) -> PostgresProcess:
         try:
-            import pgserver
+            from pgserver import get_server  # type: ignore[attr-defined]  # re-exported, not in __all__
         except ImportError:
             raise EmbeddedServiceError(
                 "no embedded PostgreSQL: install the local extra (pip install -e '.[local]') or set DATABASE_URL"
             ) from None
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if self._server is None:
-            self._server = pgserver.get_server(self.data_dir, cleanup_mode=None)
+            self._server = get_server(self.data_dir, cleanup_mode=None)
         self._server.ensure_postgres_running()  # pgserver caches handles: start again after stop()
         return self
 
@@ -133,7 +133,7 @@ class PostgresProcess:
         """``fast`` (disconnect clients, clean shutdown) or ``immediate`` (like a crash)."""
         if self._server is None:
             return
-        from pgserver._commands import pg_ctl
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # made at import time
 
         with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
             pg_ctl(["-w", "-m", mode, "stop"], pgdata=self.data_dir, user=self._server.system_user)
