@@ -131,9 +131,10 @@ def env(
         monkeypatch.setenv(name, value)
     _clear_process_singletons()
     yield get_settings()
-    if get_redis.cache_info().currsize:
-        _delete_prefix(get_redis())
     _clear_process_singletons()
+    cleaner = RedisGate(redis_server_url, prefix=redis_prefix)  # the test may have pointed REDIS_URL elsewhere
+    _delete_prefix(cleaner)
+    cleaner.close()
 
 
 def _clear_process_singletons() -> None:

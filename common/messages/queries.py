@@ -46,23 +46,30 @@ LIMIT :limit
 
 # The scheduler's "what is due": the predicate repeats messages_due's WHERE literally (a parameter
 # there could not prove the partial index applies). Cross-church on purpose: the scheduler serves
-# every church; fair share between churches is decided after this read, not in it.
+# every church; fair share between churches is decided after this read, not in it. No `id`
+# tie-breaker: a broadcast queues thousands of rows with one next_attempt_at, and ordering those by id
+# would need a sort of the whole tie group before the first row; the order among equals is irrelevant
+# to a work queue, so a scan of messages_due in order can stop after `limit` rows. (On today's
+# statistics the planner prefers a bitmap scan of messages_due plus a top-N sort: it underestimates the
+# due rows, multiplying the status and next_attempt_at selectivities although one implies the other.
+# Either plan reads only the partial index's in-flight rows.)
 DUE_FOR_ATTEMPT_SQL = """
 SELECT id, church_id, channel, lane, status, attempts, max_attempts, next_attempt_at, deadline_at
 FROM messages
 WHERE status IN ('scheduled', 'queued', 'retrying')
   AND next_attempt_at <= :now
-ORDER BY next_attempt_at, id
+ORDER BY next_attempt_at
 LIMIT :limit
 """
 
-# Claims whose consumer died: status 'sending' past its lease (partial index messages_lease).
+# Claims whose consumer died: status 'sending' past its lease (partial index messages_lease); no
+# tie-breaker, as above.
 EXPIRED_LEASES_SQL = """
 SELECT id, church_id, claim_token, attempts, max_attempts, lease_until, deadline_at
 FROM messages
 WHERE status = 'sending'
   AND lease_until < :now
-ORDER BY lease_until, id
+ORDER BY lease_until
 LIMIT :limit
 """
 
