@@ -9,9 +9,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
+from common import constants
 from common.config import ConfigurationError, load_settings
 from common.db.pool import DatabaseUnavailable, Pool
 from common.redis_client import RedisGate, RedisUnavailable
@@ -90,7 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("seed", help="create the demo church and print its API key").set_defaults(func=cmd_seed)
     sub.add_parser("check", help="check configuration, PostgreSQL and Redis").set_defaults(func=cmd_check)
     dev = sub.add_parser("dev", help="run the local stack (Ctrl-C stops everything)")
-    dev.add_argument("--home", default=".koinonia", help="folder for embedded data and logs (default .koinonia)")
+    dev.add_argument(
+        "--home",
+        default=os.environ.get(constants.KOINONIA_HOME_ENV, ".koinonia"),
+        help="folder for embedded data and logs (default $KOINONIA_HOME or .koinonia)",
+    )
     dev.add_argument("--base-port", type=int, default=8080, help="first port; functions take the next ones")
     dev.set_defaults(func=cmd_dev)
     return parser

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -32,11 +35,15 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if configured:
         yield configured
         return
-    server = PostgresProcess(tmp_path_factory.mktemp("pg")).start()
+    # Not under pytest's basetemp: pytest makes that 0700 for root, and pgserver runs PostgreSQL as an
+    # unprivileged user that must reach its data folder.
+    data_dir = Path(tempfile.mkdtemp(prefix="koinonia-test-pg-"))
+    server = PostgresProcess(data_dir / "pg").start()
     try:
         yield server.url
     finally:
         server.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -144,3 +151,11 @@ def _clear_process_singletons() -> None:
         get_redis().close()
     for cached in (get_settings, get_pool, get_redis):
         cached.cache_clear()
+
+
+@pytest.fixture
+def service_dir() -> Iterator[Path]:
+    """A folder for a test's own PostgreSQL/Redis (outside pytest's 0700 basetemp; see pg_server_url)."""
+    path = Path(tempfile.mkdtemp(prefix="koinonia-test-svc-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -89,8 +89,8 @@ def test_a_backend_killed_while_borrowed_is_replaced(pool):
 
 
 @pytest.mark.smoke
-def test_connections_broken_by_a_server_restart_are_replaced_not_reused(tmp_path):
-    server = PostgresProcess(tmp_path / "pg").start()
+def test_connections_broken_by_a_server_restart_are_replaced_not_reused(service_dir):
+    server = PostgresProcess(service_dir / "pg").start()
     pool = _sized(server.url, connection_limit=3, pool_timeout=5)
     try:
         with pool.connection() as a, pool.connection() as b:
