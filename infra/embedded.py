@@ -9,6 +9,7 @@ survives a restart of the local stack. Both are real servers: tests stop, kill a
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -20,6 +21,9 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 start_timeout_s = 20.0
+
+# pgserver logs every step at INFO, and again from an atexit hook after test runners close their streams.
+logging.getLogger("pgserver").setLevel(logging.WARNING)
 
 
 class EmbeddedServiceError(Exception):

@@ -28,6 +28,7 @@ def _tables(pool: Pool) -> set[str]:
     return {r[0] for r in pool.run("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
 
 
+@pytest.mark.smoke
 def test_migrate_creates_the_whole_schema_and_is_safe_to_run_twice(empty_pool):
     applied = migrate(empty_pool, progress=lambda _: None)
     assert applied == [m.version for m in discover()]

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import pytest
+
 from common.auth.api_keys import hash_key, parse_key
 from common.seed import DEMO_MEMBERS, seed_demo
 
 
+@pytest.mark.smoke
 def test_seed_creates_a_usable_demo_church_and_is_idempotent(pool):
     first = seed_demo(pool)
     second = seed_demo(pool)
