@@ -3,6 +3,7 @@
     koinonia migrate        apply pending SQL migrations (safe to run twice, or twice at once)
     koinonia seed           create the demo church; prints its API key once
     koinonia check          check configuration, PostgreSQL and Redis; exit 1 if anything is wrong
+    koinonia consume        drain the queue through the carrier (``--forever``: the local worker)
     koinonia dev            run the whole local stack (embedded PostgreSQL/Redis when no URL is set)
 """
 
@@ -79,6 +80,25 @@ def cmd_check(_args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_consume(args: argparse.Namespace) -> int:
+    """Run queue-consume in this process: one budget, or forever (the local stack's worker)."""
+    import asyncio
+
+    from common.consume import ConsumeBudget, run_consumer
+    from common.logs import configure_logging
+    from common.runtime import get_runtime
+
+    configure_logging()
+    rt = get_runtime()
+    budget = ConsumeBudget(max_messages=args.max_messages, max_seconds=args.max_seconds, stop_when_idle=not args.forever)
+    while True:
+        report = asyncio.run(run_consumer(rt, budget))
+        if report.dequeued or not args.forever:
+            _say(f"consume: {report.as_dict()}")
+        if not args.forever:
+            return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from infra.devstack import run_dev_stack
 
@@ -91,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply pending SQL migrations").set_defaults(func=cmd_migrate)
     sub.add_parser("seed", help="create the demo church and print its API key").set_defaults(func=cmd_seed)
     sub.add_parser("check", help="check configuration, PostgreSQL and Redis").set_defaults(func=cmd_check)
+    consume = sub.add_parser("consume", help="drain the queue through the carrier (what queue-consume does)")
+    consume.add_argument("--forever", action="store_true", help="keep consuming (the local stack's worker)")
+    consume.add_argument("--max-messages", type=int, default=100_000)
+    consume.add_argument("--max-seconds", type=float, default=50.0, help="budget of one round")
+    consume.set_defaults(func=cmd_consume)
     dev = sub.add_parser("dev", help="run the local stack (Ctrl-C stops everything)")
     dev.add_argument(
         "--home",

@@ -109,6 +109,15 @@ class Settings(BaseSettings):
     redis_key_prefix: str = Field(default="kq", pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
     log_level: str = Field(default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$")
     health_timeout_ms: int = Field(default=80, ge=5, le=5000)
+    redis_timeout_ms: int = Field(default=100, ge=10, le=10_000, description="Redis connect/command timeout")
+    inline_budget_s: float = Field(default=10.0, gt=0, le=600, description="seconds `send` may spend sending inline")
+    account_sms_per_second: float = Field(default=50.0, gt=0, description="carrier account cap, SMS/s")
+    account_mms_per_second: float = Field(default=15.0, gt=0, description="carrier account cap, MMS/s")
+    consumer_concurrency: int = Field(default=200, ge=1, le=5000, description="carrier requests in flight per consumer")
+    consumer_batch: int = Field(default=100, ge=1, le=1000, description="messages per dequeue/claim")
+    lease_s: float = Field(default=30.0, ge=1, le=3600, description="how long a claim is exclusive")
+    telnyx_webhook_url: str | None = Field(default=None, description="our webhooks endpoint, sent with each message")
+    wake_queue_url: str | None = Field(default=None, description="SQS queue that wakes queue-consume in the cloud")
 
     @field_validator("database_url")
     @classmethod

@@ -84,4 +84,4 @@ class RedisGate:
 @functools.cache
 def get_redis() -> RedisGate:
     settings = get_settings()
-    return RedisGate(settings.redis_url, prefix=settings.redis_key_prefix)
+    return RedisGate(settings.redis_url, prefix=settings.redis_key_prefix, timeout_s=settings.redis_timeout_ms / 1000)

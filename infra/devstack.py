@@ -373,6 +373,7 @@ class DevStack:
         self._start_sandbox()
         self._checkpoint()
         self._start_functions(names, ports)
+        self._start_consumer()
         self._start_scheduler(scale)
 
     def _checkpoint(self) -> None:
@@ -554,6 +555,18 @@ class DevStack:
             _say(f"function {name}: starting on port {port} (log {log_path})")
         self._wait_for_functions()
 
+    def _start_consumer(self) -> None:
+        """The cloud wakes queue-consume per enqueue; locally one worker consumes continuously."""
+        log_path = self.logs / "consumer.log"
+        log_file = log_path.open("wb")
+        command = [sys.executable, "-m", "common.cli", "consume", "--forever"]
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=self._child_env(),
+            start_new_session=True,
+        )  # fmt: skip
+        self.functions.append(Child("consumer", process, log_path, "(continuous queue-consume worker)", log_file))
+        _say(f"consumer: running continuously (log {log_path})")
+
     def _wait_for_functions(self) -> None:
         pending = list(self.functions)
         deadline = time.monotonic() + start_timeout_s
@@ -632,8 +645,15 @@ class DevStack:
         _say(f"  {'demo church':<{width}} {self.demo.church_id}")
         _say(f"  {'demo API key':<{width}} {self.demo.api_key}  (shown once; a new one is issued every start)")
         health = next((c for c in self.functions if c.name == "health"), None)
+        send = next((c for c in self.functions if c.name == "send"), None)
+        if send is not None:
+            body = json.dumps({"channel": "sms", "groups": [self.demo.group_id], "text": "Service starts at 10am Sunday"})
+            _say(
+                f"  try: curl -s -X POST {send.url}/messages -H 'Authorization: Bearer {self.demo.api_key}'"
+                f" -H 'Content-Type: application/json' -d '{body}'"
+            )
         if health is not None:
-            _say(f"  try: curl -s {health.url}/health/detailed")
+            _say(f"  then: curl -s {health.url}/health/detailed")
         _say(READY_LINE)
 
     def watch(self) -> None:

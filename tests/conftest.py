@@ -25,6 +25,7 @@ from common.db.migrate import migrate
 from common.db.pool import Pool
 from common.redis_client import RedisGate, get_redis
 from infra.embedded import PostgresProcess, RedisProcess
+from infra.telnyx_sandbox import Sandbox, SandboxConfig
 from tests.helpers import with_database
 
 
@@ -145,6 +146,9 @@ def env(
 
 
 def _clear_process_singletons() -> None:
+    from common.runtime import get_runtime
+
+    get_runtime.cache_clear()
     if get_pool.cache_info().currsize:
         get_pool().close()
     if get_redis.cache_info().currsize:
@@ -159,3 +163,22 @@ def service_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="koinonia-test-svc-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    """Our Telnyx-compatible carrier, in this process, on a free port."""
+    with Sandbox(SandboxConfig()) as sb:
+        yield sb
+
+
+@pytest.fixture
+def send_env(env: Settings, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """``env`` with the carrier pointed at the sandbox, and the process singletons rebuilt."""
+    monkeypatch.setenv(constants.TELNYX_BASE_URL_ENV, f"{sandbox.url}/v2")
+    # The sandbox is not Telnyx: tests about throughput caps set their own; the rest run unthrottled.
+    monkeypatch.setenv("ACCOUNT_SMS_PER_SECOND", "100000")
+    monkeypatch.setenv("ACCOUNT_MMS_PER_SECOND", "100000")
+    _clear_process_singletons()
+    yield get_settings()
+    _clear_process_singletons()

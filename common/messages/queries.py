@@ -156,3 +156,46 @@ def due_for_attempt(pool: Pool, *, now: datetime, limit: int) -> list[DueMessage
 def expired_leases(pool: Pool, *, now: datetime, limit: int) -> list[ExpiredLease]:
     """Messages still 'sending' whose lease ran out before ``now``, longest expired first."""
     return [ExpiredLease(*row) for row in pool.run(EXPIRED_LEASES_SQL, now=now, limit=limit)]
+
+
+GET_MESSAGE_SQL = f"""
+SELECT {_LIST_COLUMNS}
+FROM messages
+WHERE id = :id AND church_id = :church_id
+"""
+
+# A broadcast's recipients, in id order (UUIDv7: creation order); messages_broadcast serves it and the
+# church_id filter keeps another church's broadcast id from showing anything.
+LIST_BROADCAST_FIRST_PAGE_SQL = f"""
+SELECT {_LIST_COLUMNS}
+FROM messages
+WHERE broadcast_id = :broadcast_id AND church_id = :church_id
+ORDER BY id
+LIMIT :limit
+"""
+
+LIST_BROADCAST_NEXT_PAGE_SQL = f"""
+SELECT {_LIST_COLUMNS}
+FROM messages
+WHERE broadcast_id = :broadcast_id AND church_id = :church_id AND id > :after_id
+ORDER BY id
+LIMIT :limit
+"""
+
+
+def get_message(pool: Pool, church_id: UUID, message_id: UUID) -> MessageRow | None:
+    """One message, only if it is this church's (another church's id looks like a missing one)."""
+    rows = pool.run(GET_MESSAGE_SQL, id=message_id, church_id=church_id)
+    return MessageRow(*rows[0]) if rows else None
+
+
+def list_broadcast_messages(
+    pool: Pool, church_id: UUID, broadcast_id: UUID, *, limit: int, after: UUID | None = None
+) -> list[MessageRow]:
+    if after is None:
+        rows = pool.run(LIST_BROADCAST_FIRST_PAGE_SQL, broadcast_id=broadcast_id, church_id=church_id, limit=limit)
+    else:
+        rows = pool.run(
+            LIST_BROADCAST_NEXT_PAGE_SQL, broadcast_id=broadcast_id, church_id=church_id, limit=limit, after_id=after
+        )
+    return [MessageRow(*row) for row in rows]

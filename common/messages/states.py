@@ -35,7 +35,7 @@ class MessageStatus(StrEnum):
 S = MessageStatus
 
 TRANSITIONS: dict[MessageStatus, frozenset[MessageStatus]] = {
-    S.scheduled: frozenset({S.queued, S.expired, S.suppressed}),
+    S.scheduled: frozenset({S.queued, S.sending, S.expired, S.suppressed}),
     S.queued: frozenset({S.sending, S.expired, S.suppressed}),
     S.sending: frozenset({S.sent, S.retrying, S.failed, S.expired, S.queued, S.suppressed}),
     S.retrying: frozenset({S.queued, S.sending, S.expired, S.suppressed}),

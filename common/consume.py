@@ -1,0 +1,261 @@
+"""queue-consume: take messages off Redis, claim them in PostgreSQL, send them, record what happened.
+
+One ``Consumer.run(budget)`` drains until the budget (messages or seconds) is spent, or, with
+``stop_when_idle``, until there is nothing left to do. The shape of the loop:
+
+    dequeue up to the free in-flight slots   (1 Redis round trip: lanes, fairness, sender buckets)
+    claim those ids                          (1 SQL statement: the fence against double sends)
+    send each claimed row concurrently       (bounded by ``concurrency``)
+    as answers arrive, every few ms:
+        record outcomes                      (1 SQL statement per batch, fenced by the claim token)
+        ack / retry_later                    (1 Redis round trip per batch)
+
+Outcomes are written as soon as a small batch is ready (``flush_interval_s``), never held for the whole
+invocation: a crash between the carrier's answer and our write is the only window in which a message
+can be sent twice, and this keeps it to milliseconds.
+
+PostgreSQL work runs in a thread (pg8000 is synchronous) so the event loop keeps sending meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import redis.asyncio
+
+from common.carrier import CarrierResult, TelnyxClient
+from common.db.pool import Pool
+from common.delivery import decide, outbound
+from common.messages import store
+from common.messages.store import ClaimedMessage, Outcome
+from common.queue import AsyncMessageQueue, Lease
+from common.retry_policy import RetryPolicy, default_policy
+from common.runtime import Runtime, queue_config
+
+logger = logging.getLogger("koinonia.consume")
+
+idle_horizon_s = 1.0  # stop_when_idle: work due later than this is left for the next invocation
+max_idle_wait_s = 0.25  # longest nap between dequeues while waiting (an enqueue wakes us sooner)
+
+@dataclass(frozen=True)
+class ConsumeBudget:
+    max_messages: int = 100_000
+    max_seconds: float = 50.0
+    stop_when_idle: bool = False  # an invocation that should return as soon as the queue is empty
+
+
+@dataclass
+class ConsumeReport:
+    dequeued: int = 0
+    claimed: int = 0
+    sent: int = 0
+    retrying: int = 0
+    failed: int = 0
+    suppressed: int = 0
+    expired: int = 0
+    lost_claim: int = 0  # outcome not written: another claimant took the lease over
+    maybe_duplicate: int = 0  # the carrier may have accepted an attempt we then retried
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, float | int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Pending:
+    outcome: Outcome
+    lease: Lease
+    token: str
+
+
+@dataclass
+class ConsumerConfig:
+    concurrency: int = 200
+    batch: int = 100
+    lease_s: float = 30.0
+    flush_interval_s: float = 0.005
+    flush_max: int = 200
+    policy: RetryPolicy = field(default_factory=lambda: default_policy)
+
+
+class Consumer:
+    def __init__(self, pool: Pool, queue: AsyncMessageQueue, carrier: TelnyxClient, config: ConsumerConfig) -> None:
+        self.pool = pool
+        self.queue = queue
+        self.carrier = carrier
+        self.config = config
+        self.report = ConsumeReport()
+        self._pending: list[_Pending] = []
+        self._pending_ready = asyncio.Event()
+        self._slot_free = asyncio.Event()
+        self._inflight = 0
+        self._flushing = False
+        self._stopping = False
+        self._claims: dict[str, tuple[float, dict[str, Lease]]] = {}  # token -> (claimed at, unsent leases)
+
+    async def run(self, budget: ConsumeBudget) -> ConsumeReport:
+        started = time.monotonic()
+        deadline = started + budget.max_seconds
+        flusher = asyncio.create_task(self._flush_loop())
+        tasks: set[asyncio.Task[None]] = set()
+        last_housekeeping = 0.0
+        try:
+            while time.monotonic() < deadline and self.report.dequeued < budget.max_messages:
+                now_m = time.monotonic()
+                if now_m - last_housekeeping >= min(1.0, self.config.lease_s / 3):
+                    last_housekeeping = now_m
+                    await self._housekeeping()
+                room = min(self.config.concurrency - self._inflight, self.config.batch,
+                           budget.max_messages - self.report.dequeued)  # fmt: skip
+                if room <= 0:
+                    self._slot_free.clear()
+                    await _wait(self._slot_free, deadline - time.monotonic())
+                    continue
+                got = await self.queue.dequeue(room, int(self.config.lease_s * 1000))
+                if not got.leases:
+                    # next_ready_ms also counts other consumers' leases and delayed retries; nothing
+                    # within a second means this invocation has nothing of its own left to do.
+                    soon_s = None if got.next_ready_ms is None else (got.next_ready_ms - got.now_ms) / 1000
+                    mine = self._inflight or self._pending or self._flushing
+                    if budget.stop_when_idle and not mine and (soon_s is None or soon_s > idle_horizon_s):
+                        break
+                    wait_s = min(soon_s if soon_s is not None else max_idle_wait_s, max_idle_wait_s)
+                    await self.queue.wait_for_work(max(0.001, min(wait_s, deadline - time.monotonic())))
+                    continue
+                self.report.dequeued += len(got.leases)
+                for message, lease, token in await self._claim(got.leases):
+                    self._inflight += 1
+                    task = asyncio.create_task(self._deliver(message, lease, token))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            # Never cancel a flush half-way (outcomes written but not acked): let the flusher finish.
+            self._stopping = True
+            self._pending_ready.set()
+            await flusher
+            await self._flush()
+        self.report.seconds = round(time.monotonic() - started, 3)
+        return self.report
+
+    async def _claim(self, leases: Sequence[Lease]) -> list[tuple[ClaimedMessage, Lease, str]]:
+        by_id = {lease.message_id: lease for lease in leases}
+        claim = await asyncio.to_thread(store.claim, self.pool, list(by_id), lease_s=self.config.lease_s)
+        self.report.claimed += len(claim.sendable)
+        for settled in claim.settled:
+            if settled.status == "suppressed":
+                self.report.suppressed += 1
+            else:
+                self.report.expired += 1
+        # Everything not sendable is settled (suppressed/expired here, or sent/owned elsewhere): forget it.
+        done = [lease for mid, lease in by_id.items() if mid not in {m.id for m in claim.sendable}]
+        if done:
+            await self.queue.ack(done)
+        if claim.sendable:
+            self._claims[claim.token] = (time.monotonic(), {m.id: by_id[m.id] for m in claim.sendable})
+        return [(m, by_id[m.id], claim.token) for m in claim.sendable]
+
+    async def _deliver(self, message: ClaimedMessage, lease: Lease, token: str) -> None:
+        try:
+            result: CarrierResult = await self.carrier.send(outbound(message))
+            if result.maybe_accepted:
+                self.report.maybe_duplicate += 1
+            outcome = decide(message, result, datetime.now(UTC), self.config.policy)
+            self._pending.append(_Pending(outcome, lease, token))
+            if len(self._pending) >= self.config.flush_max:
+                self._pending_ready.set()
+        finally:
+            self._inflight -= 1
+            self._slot_free.set()
+
+    async def _flush_loop(self) -> None:
+        while not self._stopping:
+            await _wait(self._pending_ready, self.config.flush_interval_s)
+            self._pending_ready.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if not self._pending:
+            return
+        self._flushing = True
+        try:
+            await self._write(self._take_pending())
+        finally:
+            self._flushing = False
+
+    def _take_pending(self) -> list[_Pending]:
+        batch, self._pending = self._pending, []
+        return batch
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        by_token: dict[str, list[_Pending]] = defaultdict(list)
+        for item in batch:
+            by_token[item.token].append(item)
+        for token, items in by_token.items():
+            written = await asyncio.to_thread(store.record_outcomes, self.pool, token, [i.outcome for i in items])
+            claimed = self._claims.get(token)
+            acks: list[Lease] = []
+            retries: list[tuple[Lease, int]] = []
+            for item in items:
+                if claimed is not None:
+                    claimed[1].pop(item.outcome.message_id, None)
+                if item.outcome.message_id not in written:
+                    self.report.lost_claim += 1
+                    acks.append(item.lease)  # the new owner has its own queue entry
+                    continue
+                status = item.outcome.status
+                if status == "retrying" and item.outcome.next_attempt_at is not None:
+                    self.report.retrying += 1
+                    retries.append((item.lease, int(item.outcome.next_attempt_at.timestamp() * 1000)))
+                else:
+                    setattr(self.report, status, getattr(self.report, status) + 1)
+                    acks.append(item.lease)
+            if claimed is not None and not claimed[1]:
+                del self._claims[token]
+            if acks:
+                await self.queue.ack(acks)
+            if retries:
+                await self.queue.retry_later(retries)
+
+    async def _housekeeping(self) -> None:
+        """Renew our own long claims (every dequeue already promotes due retries and reclaims the
+        leases of dead consumers, inside its script)."""
+        now_m = time.monotonic()
+        for token, (claimed_at, leases) in list(self._claims.items()):
+            if leases and now_m - claimed_at >= self.config.lease_s / 3:
+                await asyncio.to_thread(store.renew_leases, self.pool, token, list(leases), lease_s=self.config.lease_s)
+                await self.queue.renew(list(leases.values()), int(self.config.lease_s * 1000))
+                self._claims[token] = (now_m, leases)
+
+
+async def _wait(event: asyncio.Event, timeout_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout=max(0.0, timeout_s))
+
+
+async def run_consumer(rt: Runtime, budget: ConsumeBudget) -> ConsumeReport:
+    """One consumer with its own event-loop-bound clients (Redis, carrier), for one budget."""
+    settings = rt.settings
+    client = redis.asyncio.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=max(settings.redis_timeout_ms / 1000, 2.0),  # BLPOP waits longer than a command
+        socket_connect_timeout=settings.redis_timeout_ms / 1000,
+        decode_responses=True,
+    )
+    config = ConsumerConfig(
+        concurrency=settings.consumer_concurrency, batch=settings.consumer_batch, lease_s=settings.lease_s
+    )
+    try:
+        async with rt.carrier(max_connections=config.concurrency) as carrier:
+            queue = AsyncMessageQueue(client, settings.redis_key_prefix, queue_config(settings))
+            return await Consumer(rt.pool, queue, carrier, config).run(budget)
+    finally:
+        await client.aclose()

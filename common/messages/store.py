@@ -1,0 +1,276 @@
+"""Writes on ``messages``: insert a request's rows, claim a batch, record outcomes. Plain SQL.
+
+The claim is the fence against double sends (every path, consumer or inline, claims the same way):
+one statement turns ids into rows this claimant owns, with a fresh ``claim_token`` and a lease, and
+only rows it got back may go to the carrier. Outcomes are written ``WHERE claim_token = :token AND
+status = 'sending'``, so a claimant whose lease was taken over cannot overwrite the newer owner.
+
+The claim also applies the last-moment rules, in the same round trip: a recipient who opted out since
+the send was accepted is ``suppressed``, and a message past its deadline is ``expired``; neither is
+returned for sending.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from common.db.pool import Connection, Pool
+
+# A claimed row may be taken over by another claimant once its lease has run out.
+CLAIM_SQL = """
+WITH candidates AS (
+    SELECT m.id,
+           EXISTS (SELECT 1 FROM opt_outs o
+                   WHERE o.church_id = m.church_id AND o.address = m.to_address
+                     AND o.channel = CASE WHEN m.channel = 'mail' THEN 'mail' ELSE 'sms' END) AS opted_out,
+           m.deadline_at <= now() AS past_deadline
+    FROM messages m
+    WHERE m.id = ANY(CAST(:ids AS uuid[]))
+      AND (   (m.status IN ('queued', 'retrying', 'scheduled')
+               AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now() + interval '1 second'))
+           OR (m.status = 'sending' AND m.lease_until < now()))
+    FOR UPDATE OF m SKIP LOCKED
+)
+UPDATE messages m SET
+    status = CASE WHEN c.opted_out THEN 'suppressed' WHEN c.past_deadline THEN 'expired' ELSE 'sending' END,
+    attempts = m.attempts + CASE WHEN c.opted_out OR c.past_deadline THEN 0 ELSE 1 END,
+    last_error_code = CASE WHEN c.opted_out THEN 'opted_out' WHEN c.past_deadline THEN 'deadline_passed'
+                           ELSE m.last_error_code END,
+    claim_token = CAST(:token AS uuid),
+    lease_until = CASE WHEN c.opted_out OR c.past_deadline THEN NULL
+                       ELSE now() + CAST(:lease_s AS double precision) * interval '1 second' END,
+    finalized_at = CASE WHEN c.opted_out OR c.past_deadline THEN now() ELSE m.finalized_at END,
+    updated_at = now()
+FROM candidates c
+WHERE m.id = c.id
+RETURNING m.id::text, m.status, m.church_id::text, m.channel, m.lane, m.to_address, m.from_address, m.subject,
+          m.body, m.media_urls, m.attempts, m.max_attempts, m.deadline_at
+"""
+
+# One statement for a batch of outcomes: update the fenced rows and append their attempt history.
+RECORD_OUTCOMES_SQL = """
+WITH o AS (
+    SELECT * FROM unnest(
+        CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:provider_ids AS text[]),
+        CAST(:codes AS text[]), CAST(:next_at AS timestamptz[]), CAST(:http AS int[]),
+        CAST(:costs AS numeric[]), CAST(:currencies AS text[]), CAST(:outcomes AS text[])
+    ) AS t(id, status, provider_id, code, next_at, http, cost, currency, outcome)
+), updated AS (
+    UPDATE messages m SET
+        status = o.status,
+        provider_message_id = coalesce(o.provider_id, m.provider_message_id),
+        last_error_code = o.code,
+        next_attempt_at = o.next_at,
+        lease_until = NULL,
+        cost_amount = coalesce(o.cost, m.cost_amount),
+        cost_currency = coalesce(o.currency, m.cost_currency),
+        sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE m.sent_at END,
+        finalized_at = CASE WHEN o.status IN ('failed', 'expired', 'suppressed') THEN now() ELSE m.finalized_at END,
+        updated_at = now()
+    FROM o
+    WHERE m.id = o.id AND m.claim_token = CAST(:token AS uuid) AND m.status = 'sending'
+    RETURNING m.id, m.attempts
+)
+INSERT INTO message_attempts (message_id, attempt, claim_token, finished_at, outcome, error_code, http_status)
+SELECT u.id, u.attempts, CAST(:token AS uuid), now(), o.outcome, o.code, o.http
+FROM updated u JOIN o ON o.id = u.id
+ON CONFLICT (message_id, attempt) DO UPDATE
+    SET finished_at = EXCLUDED.finished_at, outcome = EXCLUDED.outcome,
+        error_code = EXCLUDED.error_code, http_status = EXCLUDED.http_status
+RETURNING message_id::text
+"""
+
+# Opt-outs the carrier told us about (40300): recorded at once, so no other path sends again.
+RECORD_CARRIER_OPT_OUTS_SQL = """
+WITH m AS (
+    SELECT DISTINCT church_id, to_address FROM messages WHERE id = ANY(CAST(:ids AS uuid[]))
+), inserted AS (
+    INSERT INTO opt_outs (church_id, address, channel, source)
+    SELECT church_id, to_address, 'sms', 'carrier_40300' FROM m
+    ON CONFLICT DO NOTHING
+    RETURNING church_id, address
+)
+INSERT INTO opt_out_events (church_id, address, channel, action, source)
+SELECT church_id, address, 'sms', 'opt_out', 'carrier_40300' FROM inserted
+"""
+
+RENEW_LEASES_SQL = """
+UPDATE messages SET lease_until = now() + CAST(:lease_s AS double precision) * interval '1 second'
+WHERE id = ANY(CAST(:ids AS uuid[])) AND claim_token = CAST(:token AS uuid) AND status = 'sending'
+"""
+
+INSERT_MESSAGES_SQL = """
+INSERT INTO messages (id, church_id, broadcast_id, channel, lane, to_address, from_address, subject, body,
+                      media_urls, encoding, segments, status, max_attempts, next_attempt_at, deadline_at,
+                      last_error_code, finalized_at)
+SELECT t.id, CAST(:church_id AS uuid), CAST(:broadcast_id AS uuid), :channel, :lane, t.to_address, :from_address,
+       :subject, :body, CAST(:media_urls AS jsonb), :encoding, :segments, t.status, :max_attempts,
+       CASE WHEN t.status = 'suppressed' THEN NULL ELSE CAST(:next_attempt_at AS timestamptz) END,
+       CAST(:deadline_at AS timestamptz),
+       CASE WHEN t.status = 'suppressed' THEN 'opted_out' END,
+       CASE WHEN t.status = 'suppressed' THEN now() END
+FROM unnest(CAST(:ids AS uuid[]), CAST(:to_addresses AS text[]), CAST(:statuses AS text[]))
+     AS t(id, to_address, status)
+"""
+
+
+@dataclass(frozen=True)
+class ClaimedMessage:
+    id: str
+    status: str  # 'sending' (yours to send), or 'suppressed' / 'expired' (settled at claim time)
+    church_id: str
+    channel: str
+    lane: str
+    to_address: str
+    from_address: str | None
+    subject: str | None
+    body: str
+    media_urls: list[str] | None
+    attempts: int
+    max_attempts: int
+    deadline_at: datetime
+
+
+@dataclass(frozen=True)
+class Claim:
+    token: str
+    sendable: list[ClaimedMessage]
+    settled: list[ClaimedMessage]  # suppressed or expired by the claim itself
+
+    @property
+    def ids(self) -> set[str]:
+        return {m.id for m in self.sendable} | {m.id for m in self.settled}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one carrier attempt decided for one message (see common.delivery for the rules)."""
+
+    message_id: str
+    status: str  # sent | retrying | failed | suppressed | expired
+    outcome: str  # attempt history label: sent, retry, rate_limited, failed, opted_out, expired
+    error_code: str | None = None
+    provider_message_id: str | None = None
+    next_attempt_at: datetime | None = None
+    http_status: int | None = None
+    cost_amount: str | None = None
+    cost_currency: str | None = None
+
+
+@dataclass(frozen=True)
+class NewMessages:
+    """The rows of one accepted request (they share everything but the recipient and status)."""
+
+    church_id: str
+    broadcast_id: str
+    channel: str
+    lane: str
+    from_address: str | None
+    subject: str | None
+    body: str
+    media_urls: list[str] | None
+    encoding: str
+    segments: int
+    max_attempts: int
+    next_attempt_at: datetime
+    deadline_at: datetime
+    ids: Sequence[str]
+    to_addresses: Sequence[str]
+    statuses: Sequence[str]
+
+
+def insert_messages(conn: Connection, rows: NewMessages, *, chunk: int = 5000) -> None:
+    """Insert a request's rows in a few statements (call inside the request's transaction)."""
+    for start in range(0, len(rows.ids), chunk):
+        end = start + chunk
+        conn.run(
+            INSERT_MESSAGES_SQL,
+            ids=list(rows.ids[start:end]),
+            to_addresses=list(rows.to_addresses[start:end]),
+            statuses=list(rows.statuses[start:end]),
+            church_id=rows.church_id,
+            broadcast_id=rows.broadcast_id,
+            channel=rows.channel,
+            lane=rows.lane,
+            from_address=rows.from_address,
+            subject=rows.subject,
+            body=rows.body,
+            media_urls=json.dumps(rows.media_urls) if rows.media_urls else None,
+            encoding=rows.encoding,
+            segments=rows.segments,
+            max_attempts=rows.max_attempts,
+            next_attempt_at=rows.next_attempt_at,
+            deadline_at=rows.deadline_at,
+        )
+
+
+def claim(pool: Pool, ids: Sequence[str], *, lease_s: float) -> Claim:
+    """Take ownership of whichever of ``ids`` are claimable now; see the module docstring."""
+    token = str(uuid.uuid4())
+    if not ids:
+        return Claim(token, [], [])
+    rows = pool.run(CLAIM_SQL, ids=list(ids), token=token, lease_s=lease_s)
+    claimed = [_claimed(row) for row in rows]
+    return Claim(
+        token,
+        sendable=[m for m in claimed if m.status == "sending"],
+        settled=[m for m in claimed if m.status != "sending"],
+    )
+
+
+def record_outcomes(pool: Pool, token: str, outcomes: Sequence[Outcome]) -> set[str]:
+    """Write outcomes fenced by ``token``; return the ids actually written (others lost their claim)."""
+    if not outcomes:
+        return set()
+    with pool.connection() as conn:
+        rows = conn.run(
+            RECORD_OUTCOMES_SQL,
+            token=token,
+            ids=[o.message_id for o in outcomes],
+            statuses=[o.status for o in outcomes],
+            provider_ids=[o.provider_message_id for o in outcomes],
+            codes=[o.error_code for o in outcomes],
+            next_at=[o.next_attempt_at for o in outcomes],
+            http=[o.http_status for o in outcomes],
+            costs=[o.cost_amount for o in outcomes],
+            currencies=[o.cost_currency for o in outcomes],
+            outcomes=[o.outcome for o in outcomes],
+        )
+        opted_out = [o.message_id for o in outcomes if o.outcome == "opted_out"]
+        if opted_out:
+            conn.run(RECORD_CARRIER_OPT_OUTS_SQL, ids=opted_out)
+    return {row[0] for row in rows}
+
+
+def renew_leases(pool: Pool, token: str, ids: Sequence[str], *, lease_s: float) -> None:
+    if ids:
+        pool.run(RENEW_LEASES_SQL, token=token, ids=list(ids), lease_s=lease_s)
+
+
+def _claimed(row: list[Any]) -> ClaimedMessage:
+    media = row[9]
+    if isinstance(media, str):
+        media = json.loads(media)
+    return ClaimedMessage(
+        id=row[0], status=row[1], church_id=row[2], channel=row[3], lane=row[4], to_address=row[5],
+        from_address=row[6], subject=row[7], body=row[8], media_urls=media, attempts=row[10],
+        max_attempts=row[11], deadline_at=row[12],
+    )  # fmt: skip
+
+
+RELEASE_SQL = """
+UPDATE messages SET status = CASE WHEN next_attempt_at > now() THEN 'retrying' ELSE 'queued' END,
+                    attempts = attempts - 1, lease_until = NULL, updated_at = now()
+WHERE id = ANY(CAST(:ids AS uuid[])) AND claim_token = CAST(:token AS uuid) AND status = 'sending'
+"""
+
+
+def release(pool: Pool, token: str, ids: Sequence[str]) -> None:
+    """Give back claimed rows that were never sent (the attempt did not happen, so it is not counted)."""
+    if ids:
+        pool.run(RELEASE_SQL, token=token, ids=list(ids))

@@ -1,0 +1,66 @@
+"""Rows the tests need, made through plain SQL (the same tables the product uses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from common.auth.api_keys import issue_key
+from common.db.pool import Pool
+from common.ids import uuid7
+
+
+@dataclass
+class Tenant:
+    church_id: str
+    api_key: str
+    sender: str
+    group_id: str
+    members: list[str] = field(default_factory=list)
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+def make_church(
+    pool: Pool,
+    name: str = "First Church",
+    *,
+    sender: str = "+13125550100",
+    sms_per_second: float = 1000.0,
+    members: list[str] | None = None,
+) -> Tenant:
+    church_id = str(uuid7())
+    issued = issue_key()
+    group_id = str(uuid7())
+    with pool.transaction() as conn:
+        conn.run("INSERT INTO churches (id, name) VALUES (CAST(:id AS uuid), :n)", id=church_id, n=name)
+        conn.run(
+            "INSERT INTO api_keys (id, church_id, prefix, key_hash) VALUES (CAST(:id AS uuid), CAST(:c AS uuid), :p, :h)",
+            id=str(uuid7()), c=church_id, p=issued.prefix, h=issued.key_hash,
+        )  # fmt: skip
+        conn.run(
+            "INSERT INTO sender_numbers (id, church_id, phone, kind, sms_per_second, mms_per_second, is_default)"
+            " VALUES (CAST(:id AS uuid), CAST(:c AS uuid), :p, 'toll_free', :r, :r, true)",
+            id=str(uuid7()), c=church_id, p=sender, r=sms_per_second,
+        )  # fmt: skip
+        conn.run(
+            "INSERT INTO groups (id, church_id, name) VALUES (CAST(:id AS uuid), CAST(:c AS uuid), 'Members')",
+            id=group_id, c=church_id,
+        )  # fmt: skip
+        for phone in members or []:
+            contact = str(uuid7())
+            conn.run(
+                "INSERT INTO contacts (id, church_id, phone) VALUES (CAST(:id AS uuid), CAST(:c AS uuid), :p)",
+                id=contact, c=church_id, p=phone,
+            )  # fmt: skip
+            conn.run(
+                "INSERT INTO group_members (group_id, contact_id) VALUES (CAST(:g AS uuid), CAST(:c AS uuid))",
+                g=group_id, c=contact,
+            )  # fmt: skip
+    return Tenant(church_id, issued.key, sender, group_id, list(members or []))
+
+
+def numbers(count: int, *, area: str = "312", start: int = 0) -> list[str]:
+    """Valid, distinct US mobile-format numbers: +1 <area> 2xx-xxxx (no 555 fictional block needed)."""
+    return [f"+1{area}{2000000 + start + i:07d}" for i in range(count)]
