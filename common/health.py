@@ -23,7 +23,8 @@ import common
 from common.config import Settings
 from common.db.pool import Pool
 from common.messages.states import MessageStatus
-from common.redis_client import RedisGate
+from common.queue import MessageQueue
+from common.redis_client import RedisGate, RedisUnavailable
 
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
 
@@ -111,12 +112,30 @@ class HealthChecker:
                 oldest_s = max(oldest_s or 0.0, float(age_s))
         dead = int(self.pool.run(DEAD_LETTERS_SQL)[0][0])
         return {
+            "redis": self._redis_depths(),
             "status": "ok",
             "enabled": self.settings.enable_queues,
             "pending": pending,
             "retrying": pending[MessageStatus.retrying],
             "deadLetters": dead,
             "oldestWaitingAgeS": round(oldest_s, 3) if oldest_s is not None else None,
+        }
+
+    def _redis_depths(self) -> dict[str, int] | None:
+        """What Redis holds (transport); ``None`` when queues are off or Redis is down."""
+        if not self.settings.enable_queues:
+            return None
+        queue = MessageQueue(self.redis.client, self.redis.prefix)
+        try:
+            depths = self.redis.call(lambda _client: queue.depths())
+        except RedisUnavailable:
+            return None
+        return {
+            "readyConversational": depths.ready_conv,
+            "readyBulk": depths.ready_bulk,
+            "delayed": depths.delayed,
+            "inflight": depths.inflight,
+            "churchesWaiting": depths.churches_waiting,
         }
 
     # -- assembly ----------------------------------------------------------------------------------
@@ -136,7 +155,12 @@ class HealthChecker:
                 results[name] = {"status": "timeout", "timeoutMs": self.settings.health_timeout_ms}
             except Exception as exc:  # a failed check is an answer, not a crash
                 results[name] = {"status": "error", "error": type(exc).__name__}
-        results["environment"] = {"status": "ok", "appEnv": str(self.settings.app_env)}
+        results["environment"] = {
+            "status": "ok",
+            "appEnv": str(self.settings.app_env),
+            # How `send` delivers right now: through the queue, or inline (queues off, or Redis down).
+            "sendMode": "queued" if self.settings.enable_queues and results["redis"]["status"] == "ok" else "inline",
+        }
         if detailed:
             results["environment"].update(
                 {"version": common.__version__, "python": platform.python_version()}

@@ -91,6 +91,10 @@ def test_detailed_reports_pool_queues_version_and_no_secrets(env, monkeypatch):
     assert checks["queues"]["pending"]["queued"] == 1
     assert checks["queues"]["oldestWaitingAgeS"] >= 30
     assert checks["queues"]["deadLetters"] == 0
+    assert checks["queues"]["redis"] == {
+        "readyConversational": 0, "readyBulk": 0, "delayed": 0, "inflight": 0, "churchesWaiting": 0,
+    }
+    assert checks["environment"]["sendMode"] == "queued"
     assert checks["environment"]["version"]
     assert checks["uptime"]["seconds"] >= 0
     text = response.get_data(as_text=True)
@@ -104,6 +108,7 @@ def test_redis_down_is_degraded_but_ready(env, monkeypatch):
     assert health.status_code == 200
     assert health.get_json()["status"] == "degraded"
     assert health.get_json()["checks"]["redis"]["status"] in ("error", "timeout")
+    assert health.get_json()["checks"]["environment"]["sendMode"] == "inline"
     ready = client.get("/ready")
     assert ready.status_code == 200
     assert ready.get_json()["ready"] is True
