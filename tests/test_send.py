@@ -202,3 +202,19 @@ def test_read_api_is_church_scoped_and_pages(client, tenant, pool):
     assert len(by_broadcast["data"]) == 7
     assert client.get(f"/messages?broadcast_id={body['broadcast_id']}", headers=other.auth).get_json()["data"] == []
     assert client.get("/messages", headers=other.auth).get_json()["data"] == []
+
+
+def test_a_scheduled_send_waits_for_its_time(client, tenant, pool, sandbox):
+    from datetime import UTC, datetime, timedelta
+
+    send_at = datetime.now(UTC) + timedelta(seconds=1.5)
+    body = client.post("/messages", json={"channel": "sms", "to": "+13125550142", "text": "Doors open",
+                                          "send_at": send_at.isoformat()}, headers=tenant.auth).get_json()  # fmt: skip
+    assert body["mode"] == "scheduled" and body["recipients"][0]["status"] == "scheduled"
+    assert drain().sent == 0  # nothing is due yet: the invocation returns without sending
+    deadline = datetime.now(UTC) + timedelta(seconds=30)
+    while sandbox.ledger.accepted == 0 and datetime.now(UTC) < deadline:
+        drain()
+    [entry] = sandbox.ledger.entries()
+    assert datetime.fromisoformat(entry.received_at) >= send_at - timedelta(milliseconds=5)
+    assert pool.run("SELECT status FROM messages") == [["sent"]]
