@@ -41,6 +41,8 @@ from common.runtime import Runtime, queue_config
 
 logger = logging.getLogger("koinonia.consume")
 
+recheck_margin_ms = 500  # an id leased or locked elsewhere is looked at again this long after that ends
+redis_lease_grace_ms = 1000
 idle_horizon_s = 1.0  # stop_when_idle: work due later than this is left for the next invocation
 max_idle_wait_s = 0.25  # longest nap between dequeues while waiting (an enqueue wakes us sooner)
 
@@ -100,6 +102,12 @@ class Consumer:
         self._stopping = False
         self._claims: dict[str, tuple[float, dict[str, Lease]]] = {}  # token -> (claimed at, unsent leases)
 
+    @property
+    def _redis_lease_ms(self) -> int:
+        # Longer than the PostgreSQL lease (which starts a round trip later), so when a consumer dies
+        # its ids come back from Redis only after PostgreSQL would let another consumer claim them.
+        return int(self.config.lease_s * 1000) + redis_lease_grace_ms
+
     async def run(self, budget: ConsumeBudget) -> ConsumeReport:
         started = time.monotonic()
         deadline = started + budget.max_seconds
@@ -118,7 +126,7 @@ class Consumer:
                     self._slot_free.clear()
                     await _wait(self._slot_free, deadline - time.monotonic())
                     continue
-                got = await self.queue.dequeue(room, int(self.config.lease_s * 1000))
+                got = await self.queue.dequeue(room, self._redis_lease_ms)
                 if not got.leases:
                     # next_ready_ms also counts other consumers' leases and delayed retries; nothing
                     # within a second means this invocation has nothing of its own left to do.
@@ -127,7 +135,10 @@ class Consumer:
                     if budget.stop_when_idle and not mine and (soon_s is None or soon_s > idle_horizon_s):
                         break
                     wait_s = min(soon_s if soon_s is not None else max_idle_wait_s, max_idle_wait_s)
-                    await self.queue.wait_for_work(max(0.001, min(wait_s, deadline - time.monotonic())))
+                    try:
+                        await self.queue.wait_for_work(max(0.01, min(wait_s, deadline - time.monotonic())))
+                    except redis.RedisError as exc:  # a blip while idle: the next dequeue tells
+                        logger.warning("wait for work failed", extra={"fields": {"error": type(exc).__name__}})
                     continue
                 self.report.dequeued += len(got.leases)
                 for message, lease, token in await self._claim(got.leases):
@@ -155,10 +166,23 @@ class Consumer:
                 self.report.suppressed += 1
             else:
                 self.report.expired += 1
-        # Everything not sendable is settled (suppressed/expired here, or sent/owned elsewhere): forget it.
-        done = [lease for mid, lease in by_id.items() if mid not in {m.id for m in claim.sendable}]
-        if done:
-            await self.queue.ack(done)
+        # Ids the claim did not return: forget the settled ones; the others are leased by another
+        # consumer (maybe a dead one, whose PostgreSQL lease outlives its Redis lease by the claim's
+        # round trip), locked, or not due: look at them again when that ends, never drop them.
+        sendable_ids = {m.id for m in claim.sendable}
+        unclaimed = [mid for mid in by_id if mid not in sendable_ids]
+        if unclaimed:
+            state = await asyncio.to_thread(store.unclaimed_state, self.pool, unclaimed)
+            done = [by_id[mid] for mid in unclaimed if mid in state.settled]
+            now_ms = int(time.time() * 1000)
+            later = [
+                (by_id[mid], max(now_ms, int(at.timestamp() * 1000)) + recheck_margin_ms if at else now_ms + recheck_margin_ms)
+                for mid, at in state.retry_at.items()
+            ]
+            if done:
+                await self.queue.ack(done)
+            if later:
+                await self.queue.retry_later(later)
         if claim.sendable:
             self._claims[claim.token] = (time.monotonic(), {m.id: by_id[m.id] for m in claim.sendable})
         return [(m, by_id[m.id], claim.token) for m in claim.sendable]
@@ -232,7 +256,7 @@ class Consumer:
         for token, (claimed_at, leases) in list(self._claims.items()):
             if leases and now_m - claimed_at >= self.config.lease_s / 3:
                 await asyncio.to_thread(store.renew_leases, self.pool, token, list(leases), lease_s=self.config.lease_s)
-                await self.queue.renew(list(leases.values()), int(self.config.lease_s * 1000))
+                await self.queue.renew(list(leases.values()), self._redis_lease_ms)
                 self._claims[token] = (now_m, leases)
 
 

@@ -263,6 +263,37 @@ def _claimed(row: list[Any]) -> ClaimedMessage:
     )  # fmt: skip
 
 
+# For ids a claim did not return: settled, or not claimable yet (leased elsewhere, locked, not due).
+STATE_SQL = """
+SELECT id::text, status, lease_until, next_attempt_at
+FROM messages WHERE id = ANY(CAST(:ids AS uuid[]))
+"""
+
+FINAL_STATUSES = frozenset(
+    {"sent", "delivered", "delivery_failed", "delivery_unconfirmed", "failed", "expired", "suppressed"}
+)
+
+
+@dataclass(frozen=True)
+class Unclaimed:
+    """Why an id was not claimed: settled (forget it) or busy until ``retry_at`` (look again then)."""
+
+    settled: set[str]
+    retry_at: dict[str, datetime | None]  # None: look again soon (row locked or just released)
+
+
+def unclaimed_state(pool: Pool, ids: Sequence[str]) -> Unclaimed:
+    found = {row[0]: row for row in pool.run(STATE_SQL, ids=list(ids))} if ids else {}
+    settled = {i for i in ids if i not in found or found[i][1] in FINAL_STATUSES}
+    retry_at: dict[str, datetime | None] = {}
+    for i in ids:
+        if i in settled:
+            continue
+        _, status, lease_until, next_attempt_at = found[i]
+        retry_at[i] = lease_until if status == "sending" else next_attempt_at
+    return Unclaimed(settled, retry_at)
+
+
 RELEASE_SQL = """
 UPDATE messages SET status = CASE WHEN next_attempt_at > now() THEN 'retrying' ELSE 'queued' END,
                     attempts = attempts - 1, lease_until = NULL, updated_at = now()

@@ -39,7 +39,8 @@ def blocking_slices(client_kwargs: Mapping[str, Any], timeout_s: float) -> list[
     slices: list[float] = []
     left = timeout_s
     while left > 1e-6:
-        slices.append(round(min(step, left), 3) or 0.001)
+        # Redis 6.2 reads a BLPOP timeout below 10 ms as 0, "block forever": never ask for less.
+        slices.append(max(0.01, round(min(step, left), 3)))
         left -= step
     return slices
 
