@@ -29,6 +29,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	@for f in functions/*/main.py; do echo "mypy $$f"; $(BIN)/mypy --follow-imports=silent $$f || exit 1; done
 
 install: $(STAMP)
 

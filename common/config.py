@@ -117,6 +117,11 @@ class Settings(BaseSettings):
     consumer_batch: int = Field(default=100, ge=1, le=1000, description="messages per dequeue/claim")
     lease_s: float = Field(default=30.0, ge=1, le=3600, description="how long a claim is exclusive")
     telnyx_webhook_url: str | None = Field(default=None, description="our webhooks endpoint, sent with each message")
+    operator_token: str | None = Field(default=None, min_length=32, description="operator credential (all churches)")
+    dlq_retention_days: int = Field(default=30, ge=1, le=3650, description="dead letters older than this are archived")
+    dlq_alert_threshold: int = Field(default=1000, ge=1, description="alert when this many dead letters wait")
+    dlq_alert_growth: int = Field(default=100, ge=1, description="alert when this many arrived in the last hour")
+    scheduler_budget_s: float = Field(default=50.0, gt=0, le=900, description="seconds one retry-scheduler run loops")
     wake_queue_url: str | None = Field(default=None, description="SQS queue that wakes queue-consume in the cloud")
 
     @field_validator("database_url")

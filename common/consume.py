@@ -28,10 +28,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import pg8000.native
 import redis.asyncio
 
 from common.carrier import CarrierResult, TelnyxClient
-from common.db.pool import Pool
+from common.db.pool import DatabaseUnavailable, Pool
+from common.dead_letters.counters import counter_key
 from common.delivery import decide, outbound
 from common.messages import store
 from common.messages.store import ClaimedMessage, Outcome
@@ -41,8 +43,13 @@ from common.runtime import Runtime, queue_config
 
 logger = logging.getLogger("koinonia.consume")
 
+# PostgreSQL away (restart, failover, pool exhausted): wait and retry instead of dying.
+_DB_ERRORS: tuple[type[Exception], ...] = (
+    DatabaseUnavailable, pg8000.native.InterfaceError, pg8000.native.DatabaseError, OSError,
+)
 recheck_margin_ms = 500  # an id leased or locked elsewhere is looked at again this long after that ends
 redis_lease_grace_ms = 1000
+outcome_write_patience_s = 30.0  # after the budget: how long to keep retrying outcome writes
 idle_horizon_s = 1.0  # stop_when_idle: work due later than this is left for the next invocation
 max_idle_wait_s = 0.25  # longest nap between dequeues while waiting (an enqueue wakes us sooner)
 
@@ -100,6 +107,7 @@ class Consumer:
         self._inflight = 0
         self._flushing = False
         self._stopping = False
+        self._give_up_at = float("inf")
         self._claims: dict[str, tuple[float, dict[str, Lease]]] = {}  # token -> (claimed at, unsent leases)
 
     @property
@@ -141,7 +149,16 @@ class Consumer:
                         logger.warning("wait for work failed", extra={"fields": {"error": type(exc).__name__}})
                     continue
                 self.report.dequeued += len(got.leases)
-                for message, lease, token in await self._claim(got.leases):
+                try:
+                    claimed = await self._claim(got.leases)
+                except _DB_ERRORS as exc:
+                    # PostgreSQL is away (restart, failover): nothing was sent; look again in a second.
+                    logger.warning("claim failed; will retry", extra={"fields": {"error": type(exc).__name__}})
+                    soon = int(time.time() * 1000) + 1000
+                    await self.queue.retry_later([(lease, soon) for lease in got.leases])
+                    await asyncio.sleep(0.5)
+                    continue
+                for message, lease, token in claimed:
                     self._inflight += 1
                     task = asyncio.create_task(self._deliver(message, lease, token))
                     tasks.add(task)
@@ -150,6 +167,7 @@ class Consumer:
                 await asyncio.gather(*tasks)
         finally:
             # Never cancel a flush half-way (outcomes written but not acked): let the flusher finish.
+            self._give_up_at = time.monotonic() + outcome_write_patience_s
             self._stopping = True
             self._pending_ready.set()
             await flusher
@@ -224,7 +242,11 @@ class Consumer:
         for item in batch:
             by_token[item.token].append(item)
         for token, items in by_token.items():
-            written = await asyncio.to_thread(store.record_outcomes, self.pool, token, [i.outcome for i in items])
+            written = await self._record(token, [i.outcome for i in items])
+            if written is None:  # PostgreSQL stayed down for the whole budget: the leases will expire
+                logger.error("outcomes not recorded; their messages will be retried after the lease",
+                             extra={"fields": {"count": len(items)}})  # fmt: skip
+                continue
             claimed = self._claims.get(token)
             acks: list[Lease] = []
             retries: list[tuple[Lease, int]] = []
@@ -244,10 +266,38 @@ class Consumer:
                     acks.append(item.lease)
             if claimed is not None and not claimed[1]:
                 del self._claims[token]
+            dead_codes = [i.outcome.error_code or "unknown" for i in items
+                          if i.outcome.status == "failed" and i.outcome.message_id in written]  # fmt: skip
+            if dead_codes:
+                await self._count_dead(dead_codes)
             if acks:
                 await self.queue.ack(acks)
             if retries:
                 await self.queue.retry_later(retries)
+
+    async def _record(self, token: str, outcomes: list[Outcome]) -> set[str] | None:
+        """Write outcomes, waiting out a PostgreSQL restart: these answers are the carrier's, and losing
+        them would mean sending again after the lease. ``None`` only if the database stays away."""
+        delay_s = 0.2
+        while True:
+            try:
+                return await asyncio.to_thread(store.record_outcomes, self.pool, token, outcomes)
+            except _DB_ERRORS as exc:
+                if self._stopping and time.monotonic() > self._give_up_at:
+                    return None
+                logger.warning("recording outcomes failed; retrying", extra={"fields": {"error": type(exc).__name__}})
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 2.0)
+
+    async def _count_dead(self, codes: list[str]) -> None:
+        key = counter_key(self.queue.keys.prefix)
+        try:
+            pipe = self.queue.client.pipeline(transaction=False)
+            for code in codes:
+                pipe.hincrby(key, code, 1)
+            await pipe.execute()
+        except redis.RedisError as exc:  # counters are for dashboards; the rows are in PostgreSQL
+            logger.warning("dead-letter counters not updated", extra={"fields": {"error": type(exc).__name__}})
 
     async def _housekeeping(self) -> None:
         """Renew our own long claims (every dequeue already promotes due retries and reclaims the

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from common.db.pool import Connection, Pool
+from common.ids import uuid7
 
 # A claimed row may be taken over by another claimant once its lease has run out.
 CLAIM_SQL = """
@@ -76,13 +77,32 @@ WITH o AS (
     WHERE m.id = o.id AND m.claim_token = CAST(:token AS uuid) AND m.status = 'sending'
     RETURNING m.id, m.attempts
 )
-INSERT INTO message_attempts (message_id, attempt, claim_token, finished_at, outcome, error_code, http_status)
-SELECT u.id, u.attempts, CAST(:token AS uuid), now(), o.outcome, o.code, o.http
+INSERT INTO message_attempts (message_id, attempt, claim_token, finished_at, outcome, error_code, http_status,
+                              next_attempt_at)
+SELECT u.id, u.attempts, CAST(:token AS uuid), now(), o.outcome, o.code, o.http, o.next_at
 FROM updated u JOIN o ON o.id = u.id
 ON CONFLICT (message_id, attempt) DO UPDATE
     SET finished_at = EXCLUDED.finished_at, outcome = EXCLUDED.outcome,
-        error_code = EXCLUDED.error_code, http_status = EXCLUDED.http_status
+        error_code = EXCLUDED.error_code, http_status = EXCLUDED.http_status,
+        next_attempt_at = EXCLUDED.next_attempt_at
 RETURNING message_id::text
+"""
+
+# A message that failed for good becomes a dead letter, once (a replay that fails again refreshes it),
+# with its reason and attempt history.
+RECORD_DEAD_LETTERS_SQL = """
+INSERT INTO dead_letters (id, message_id, church_id, reason, error_code, attempts)
+SELECT CAST(d.dl_id AS uuid), m.id, m.church_id, d.reason, m.last_error_code,
+       coalesce((SELECT jsonb_agg(jsonb_build_object(
+                    'attempt', a.attempt, 'finished_at', a.finished_at, 'outcome', a.outcome,
+                    'error_code', a.error_code, 'http_status', a.http_status) ORDER BY a.attempt)
+                 FROM message_attempts a WHERE a.message_id = m.id), '[]'::jsonb)
+FROM unnest(CAST(:ids AS uuid[]), CAST(:dl_ids AS text[]), CAST(:reasons AS text[])) AS d(id, dl_id, reason)
+JOIN messages m ON m.id = d.id AND m.status = 'failed'
+ON CONFLICT (message_id) DO UPDATE
+    SET reason = EXCLUDED.reason, error_code = EXCLUDED.error_code, attempts = EXCLUDED.attempts,
+        created_at = now(), replayed_at = NULL
+RETURNING error_code
 """
 
 # Opt-outs the carrier told us about (40300): recorded at once, so no other path sends again.
@@ -241,10 +261,26 @@ def record_outcomes(pool: Pool, token: str, outcomes: Sequence[Outcome]) -> set[
             currencies=[o.cost_currency for o in outcomes],
             outcomes=[o.outcome for o in outcomes],
         )
-        opted_out = [o.message_id for o in outcomes if o.outcome == "opted_out"]
+        written = {row[0] for row in rows}
+        opted_out = [o.message_id for o in outcomes if o.outcome == "opted_out" and o.message_id in written]
         if opted_out:
             conn.run(RECORD_CARRIER_OPT_OUTS_SQL, ids=opted_out)
-    return {row[0] for row in rows}
+        dead = [o for o in outcomes if o.status == "failed" and o.message_id in written]
+        if dead:
+            conn.run(
+                RECORD_DEAD_LETTERS_SQL,
+                ids=[o.message_id for o in dead],
+                dl_ids=[str(uuid7()) for _ in dead],
+                reasons=[dead_letter_reason(o) for o in dead],
+            )
+    return written
+
+
+def dead_letter_reason(outcome: Outcome) -> str:
+    code = outcome.error_code or "unknown"
+    if outcome.outcome in ("retry", "rate_limited"):
+        return f"attempts exhausted (last error {code})"
+    return f"permanent carrier error {code}"
 
 
 def renew_leases(pool: Pool, token: str, ids: Sequence[str], *, lease_s: float) -> None:

@@ -1,0 +1,189 @@
+"""retry-scheduler: keep every accepted message moving, whatever Redis forgot.
+
+Cloud schedules tick once a minute, so one invocation loops for its budget and makes a pass every
+``pass_interval_s`` (sub-second precision). Each pass:
+
+1. promotes due retries and scheduled sends onto the ready queue (Lua, atomic);
+2. reclaims the leases of consumers that died (Lua, atomic);
+3. every ``reconcile_interval_s``: walks PostgreSQL's due work (``scheduled``/``queued``/``retrying``
+   due, and ``sending`` past its lease) with a keyset cursor and re-enqueues whatever Redis does not
+   hold, so after a Redis restart that lost everything, every pending message comes back;
+4. when Redis is disabled or down: sends due messages inline from PostgreSQL, claiming them first.
+
+Several instances at once are safe without a lock: promote and reclaim are atomic scripts, enqueue is
+idempotent (an id is held once), and inline sends go through the claim fence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+
+from common.inline import deliver_inline
+from common.queue import QueueItem, SenderLimit
+from common.redis_client import RedisUnavailable
+from common.runtime import Runtime
+
+logger = logging.getLogger("koinonia.scheduler")
+
+pass_interval_s = 0.25
+reconcile_interval_s = 5.0
+reconcile_page = 2000
+# A row accepted this recently may still be on its way to Redis from `send`: leave it to `send`.
+reconcile_grace_s = 2.0
+
+DUE_PAGE_SQL = """
+SELECT id::text, church_id::text, lane, channel, from_address, next_attempt_at
+FROM messages
+WHERE status IN ('scheduled', 'queued', 'retrying')
+  AND next_attempt_at <= :now
+  AND (next_attempt_at, id) > (:after_at, CAST(:after_id AS uuid))
+ORDER BY next_attempt_at, id
+LIMIT :limit
+"""
+
+STALE_LEASES_SQL = """
+SELECT id::text, church_id::text, lane, channel, from_address, lease_until
+FROM messages
+WHERE status = 'sending' AND lease_until < :now
+ORDER BY lease_until
+LIMIT :limit
+"""
+
+SENDER_RATES_SQL = """
+SELECT church_id::text, phone, sms_per_second, mms_per_second
+FROM sender_numbers WHERE phone = ANY(CAST(:phones AS text[]))
+"""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NIL = "00000000-0000-0000-0000-000000000000"
+
+
+@dataclass
+class SchedulerReport:
+    passes: int = 0
+    promoted: int = 0
+    reclaimed: int = 0
+    reconciled: int = 0
+    inline_passes: int = 0
+    inline_sent: int = 0
+    inline_other: int = 0
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Scheduler:
+    rt: Runtime
+    report: SchedulerReport = field(default_factory=SchedulerReport)
+    _cursor: tuple[datetime, str] = (_EPOCH, _NIL)
+    _last_reconcile: float = float("-inf")
+
+    def run(self, budget_s: float, stop: threading.Event | None = None) -> SchedulerReport:
+        started = time.monotonic()
+        stop = stop or threading.Event()
+        while not stop.is_set() and time.monotonic() - started < budget_s:
+            self.one_pass()
+            stop.wait(min(pass_interval_s, max(0.0, budget_s - (time.monotonic() - started))))
+        self.report.seconds = round(time.monotonic() - started, 3)
+        return self.report
+
+    def one_pass(self, now: datetime | None = None) -> None:
+        self.report.passes += 1
+        rt = self.rt
+        if rt.settings.enable_queues:
+            try:
+                self.report.promoted += rt.redis.call(lambda _c: rt.queue.promote_due(limit=5000))
+                self.report.reclaimed += rt.redis.call(lambda _c: rt.queue.reclaim_expired(limit=5000))
+                if time.monotonic() - self._last_reconcile >= reconcile_interval_s:
+                    self._last_reconcile = time.monotonic()
+                    self.reconcile(now)
+                return
+            except (RedisUnavailable, redis.RedisError) as exc:
+                logger.warning("Redis unavailable; sending due messages inline",
+                               extra={"fields": {"error": type(exc).__name__}})  # fmt: skip
+        self.send_inline(now)
+
+    # -- reconcile -------------------------------------------------------------------------------
+
+    def reconcile(self, now: datetime | None = None) -> int:
+        """Re-enqueue due work Redis does not hold; one page per call, resuming where the last ended."""
+        at = (now or datetime.now(UTC)) - timedelta(seconds=reconcile_grace_s)
+        rows = self.rt.pool.run(
+            DUE_PAGE_SQL, now=at, after_at=self._cursor[0], after_id=self._cursor[1], limit=reconcile_page
+        )
+        self._cursor = (rows[-1][5], rows[-1][0]) if len(rows) == reconcile_page else (_EPOCH, _NIL)
+        rows += self.rt.pool.run(STALE_LEASES_SQL, now=at, limit=reconcile_page)
+        if not rows:
+            return 0
+        ids = [row[0] for row in rows]
+        held = self.rt.redis.call(lambda _c: self.rt.queue.holds(ids))
+        missing = [row for row, is_held in zip(rows, held, strict=True) if not is_held]
+        if missing:
+            limits = self._sender_limits(missing)
+            items = [
+                QueueItem(message_id=r[0], church_id=r[1], lane=r[2], sender=r[4] or "", channel=r[3]) for r in missing
+            ]
+            added = self.rt.redis.call(lambda _c: self.rt.queue.enqueue(items, limits))
+            self.report.reconciled += added
+            if added:
+                logger.info("re-enqueued messages Redis did not hold", extra={"fields": {"count": added}})
+        return len(missing)
+
+    def _sender_limits(self, rows: list[list[Any]]) -> dict[str, SenderLimit]:
+        phones = sorted({r[4] for r in rows if r[4]})
+        limits: dict[str, SenderLimit] = {}
+        for _church, phone, sms_rate, _mms_rate in self.rt.pool.run(SENDER_RATES_SQL, phones=phones):
+            rate = float(sms_rate)
+            limits[phone] = SenderLimit(rate, max(1, int(rate // 10)))
+        return limits
+
+    # -- Redis down ------------------------------------------------------------------------------
+
+    def send_inline(self, now: datetime | None = None) -> None:
+        """Redis is off or down: claim and send what is due straight from PostgreSQL."""
+        self.report.inline_passes += 1
+        at = now or datetime.now(UTC)
+        rows = self.rt.pool.run(DUE_PAGE_SQL, now=at, after_at=_EPOCH, after_id=_NIL, limit=500)
+        rows += self.rt.pool.run(STALE_LEASES_SQL, now=at, limit=500)
+        by_sender: dict[str, list[str]] = defaultdict(list)
+        for row in rows:
+            by_sender[row[4] or ""].append(row[0])
+        if not by_sender:
+            return
+        rates = {phone: float(r) for _c, phone, r, _m in self.rt.pool.run(SENDER_RATES_SQL, phones=list(by_sender))}
+
+        async def run() -> list[dict[str, str]]:
+            async with self.rt.carrier(max_connections=50) as carrier:
+                return [
+                    await deliver_inline(
+                        self.rt.pool,
+                        carrier,
+                        ids,
+                        budget_s=self.rt.settings.inline_budget_s,
+                        per_second=rates.get(sender, 1.0),
+                        lease_s=self.rt.settings.lease_s,
+                    )
+                    for sender, ids in by_sender.items()
+                ]
+
+        for statuses in asyncio.run(run()):
+            for status in statuses.values():
+                if status == "sent":
+                    self.report.inline_sent += 1
+                else:
+                    self.report.inline_other += 1
+
+
+def run_scheduler(rt: Runtime, budget_s: float) -> SchedulerReport:
+    return Scheduler(rt).run(budget_s)
