@@ -197,7 +197,10 @@ class DevScheduler:
     def invoke(self, target: ScheduledTarget) -> ScheduleResult:
         started = time.perf_counter()
         try:
-            response = self._client.post(target.url, json={"source": SCHEDULER_SOURCE, "schedule": target.name})
+            # A run loops for its budget (the retry-scheduler): keep it inside this client's timeout.
+            budget_s = min(20.0, target.interval_s * 0.5)
+            payload = {"source": SCHEDULER_SOURCE, "schedule": target.name, "budget_s": budget_s}
+            response = self._client.post(target.url, json=payload)
         except httpx.HTTPError as exc:
             return ScheduleResult(target.name, None, type(exc).__name__, _ms_since(started))
         return ScheduleResult(target.name, response.status_code, response.reason_phrase, _ms_since(started))
