@@ -381,7 +381,7 @@ def test_scheduler_tick_calls_the_target_when_due(target_server):
         assert seen == results
         path, body = calls.get(timeout=5)
         assert path == "/events"
-        assert body == {"source": SCHEDULER_SOURCE, "schedule": "retry-scheduler"}
+        assert body == {"source": SCHEDULER_SOURCE, "schedule": "retry-scheduler", "budget_s": 20.0}
         assert scheduler.due_in() == 60.0
 
         now[0] += 30.0
