@@ -4,6 +4,7 @@
     koinonia seed           create the demo church; prints its API key once
     koinonia check          check configuration, PostgreSQL and Redis; exit 1 if anything is wrong
     koinonia consume        drain the queue through the carrier (``--forever``: the local worker)
+    koinonia dlq            list, replay, purge, archive dead letters (operators)
     koinonia dev            run the whole local stack (embedded PostgreSQL/Redis when no URL is set)
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from common import constants
 from common.config import ConfigurationError, load_settings
 from common.db.pool import DatabaseUnavailable, Pool
+from common.dead_letters.cli import register as register_dlq
 from common.redis_client import RedisGate, RedisUnavailable
 
 
@@ -116,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--max-messages", type=int, default=100_000)
     consume.add_argument("--max-seconds", type=float, default=50.0, help="budget of one round")
     consume.set_defaults(func=cmd_consume)
+    register_dlq(sub)
     dev = sub.add_parser("dev", help="run the local stack (Ctrl-C stops everything)")
     dev.add_argument(
         "--home",

@@ -84,7 +84,8 @@ FROM updated u JOIN o ON o.id = u.id
 ON CONFLICT (message_id, attempt) DO UPDATE
     SET finished_at = EXCLUDED.finished_at, outcome = EXCLUDED.outcome,
         error_code = EXCLUDED.error_code, http_status = EXCLUDED.http_status,
-        next_attempt_at = EXCLUDED.next_attempt_at
+        next_attempt_at = EXCLUDED.next_attempt_at,
+        claim_token = EXCLUDED.claim_token, started_at = EXCLUDED.started_at
 RETURNING message_id::text
 """
 
@@ -96,7 +97,7 @@ SELECT CAST(d.dl_id AS uuid), m.id, m.church_id, d.reason, m.last_error_code,
        coalesce((SELECT jsonb_agg(jsonb_build_object(
                     'attempt', a.attempt, 'finished_at', a.finished_at, 'outcome', a.outcome,
                     'error_code', a.error_code, 'http_status', a.http_status) ORDER BY a.attempt)
-                 FROM message_attempts a WHERE a.message_id = m.id), '[]'::jsonb)
+                 FROM message_attempts a WHERE a.message_id = m.id AND a.attempt <= m.attempts), '[]'::jsonb)
 FROM unnest(CAST(:ids AS uuid[]), CAST(:dl_ids AS text[]), CAST(:reasons AS text[])) AS d(id, dl_id, reason)
 JOIN messages m ON m.id = d.id AND m.status = 'failed'
 ON CONFLICT (message_id) DO UPDATE

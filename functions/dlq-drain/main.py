@@ -1,0 +1,70 @@
+"""dlq-drain: list, replay, purge and archive dead letters; on the scheduler's tick, archive and alert.
+
+    GET  /dead-letters              filtered, keyset-paginated list (church key: its own; operator: all)
+    POST /dead-letters/replay       {"ids": [...]} or {"filter": {...}}: back on the queue, once
+    POST /dead-letters/purge        delete dead-letter rows (their messages stay failed)
+    POST /dead-letters/archive      move rows past retention to dead_letters_archive
+    POST /events                    the scheduler's tick (any body): archive past retention, then alert
+
+Authorization: ``Bearer <church API key>`` or ``Bearer <OPERATOR_TOKEN>``. The logic is in
+``common.dead_letters``.
+"""
+
+from __future__ import annotations
+
+import flask
+import functions_framework
+
+from common.config import get_settings
+from common.dead_letters import api
+from common.dead_letters.access import Scope, authorize
+from common.logs import configure_logging
+from common.runtime import get_runtime
+from common.web import Reply, dispatch, json_body, route
+
+configure_logging()
+get_settings()  # a bad configuration stops the process here, with one line
+
+
+def _scope(request: flask.Request) -> Scope:
+    rt = get_runtime()
+    return authorize(rt.pool, rt.settings, request.headers.get("Authorization"))
+
+
+def list_dead_letters(request: flask.Request) -> Reply:
+    scope = _scope(request)
+    return Reply(api.list_dead_letters(get_runtime(), scope, dict(request.args)))
+
+
+def replay(request: flask.Request) -> Reply:
+    scope = _scope(request)
+    return Reply(api.replay_request(get_runtime(), scope, json_body(request)))
+
+
+def purge(request: flask.Request) -> Reply:
+    scope = _scope(request)
+    return Reply(api.purge_request(get_runtime(), scope, json_body(request)))
+
+
+def archive(request: flask.Request) -> Reply:
+    scope = _scope(request)
+    payload = json_body(request) if request.content_length else None
+    return Reply(api.archive_request(get_runtime(), scope, payload))
+
+
+def tick(_request: flask.Request) -> Reply:
+    return Reply(api.scheduled_tick(get_runtime()))
+
+
+ROUTES = [
+    route("GET", "/dead-letters", list_dead_letters),
+    route("POST", "/dead-letters/replay", replay),
+    route("POST", "/dead-letters/purge", purge),
+    route("POST", "/dead-letters/archive", archive),
+    route("POST", "/events", tick),
+]
+
+
+@functions_framework.http
+def dlq_drain(request: flask.Request) -> flask.Response:
+    return dispatch(request, ROUTES)
