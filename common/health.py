@@ -22,6 +22,7 @@ from typing import Any
 import common
 from common.config import Settings
 from common.db.pool import Pool
+from common.dead_letters.counters import counter_key
 from common.messages.states import MessageStatus
 from common.queue import MessageQueue
 from common.redis_client import RedisGate, RedisUnavailable
@@ -128,9 +129,11 @@ class HealthChecker:
         queue = MessageQueue(self.redis.client, self.redis.prefix)
         try:
             depths = self.redis.call(lambda _client: queue.depths())
+            dead_by_code = self.redis.call(lambda client: client.hgetall(counter_key(self.redis.prefix)))
         except RedisUnavailable:
             return None
         return {
+            "deadLettersByCode": {code: int(n) for code, n in sorted(dead_by_code.items())},
             "readyConversational": depths.ready_conv,
             "readyBulk": depths.ready_bulk,
             "delayed": depths.delayed,

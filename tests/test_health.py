@@ -92,6 +92,7 @@ def test_detailed_reports_pool_queues_version_and_no_secrets(env, monkeypatch):
     assert checks["queues"]["oldestWaitingAgeS"] >= 30
     assert checks["queues"]["deadLetters"] == 0
     assert checks["queues"]["redis"] == {
+        "deadLettersByCode": {},
         "readyConversational": 0, "readyBulk": 0, "delayed": 0, "inflight": 0, "churchesWaiting": 0,
     }
     assert checks["environment"]["sendMode"] == "queued"
