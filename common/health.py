@@ -122,7 +122,7 @@ class HealthChecker:
             "oldestWaitingAgeS": round(oldest_s, 3) if oldest_s is not None else None,
         }
 
-    def _redis_depths(self) -> dict[str, int] | None:
+    def _redis_depths(self) -> dict[str, Any] | None:
         """What Redis holds (transport); ``None`` when queues are off or Redis is down."""
         if not self.settings.enable_queues:
             return None
@@ -133,7 +133,7 @@ class HealthChecker:
         except RedisUnavailable:
             return None
         return {
-            "deadLettersByCode": {code: int(n) for code, n in sorted(dead_by_code.items())},
+            "deadLettersByCode": {str(code): int(n) for code, n in sorted(dead_by_code.items())},
             "readyConversational": depths.ready_conv,
             "readyBulk": depths.ready_bulk,
             "delayed": depths.delayed,
