@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -134,7 +134,14 @@ class Consumer:
                     self._slot_free.clear()
                     await _wait(self._slot_free, deadline - time.monotonic())
                     continue
-                got = await self.queue.dequeue(room, self._redis_lease_ms)
+                try:
+                    got = await self.queue.dequeue(room, self._redis_lease_ms)
+                except redis.RedisError as exc:
+                    # Redis restarting or gone: in-flight sends finish and record to PostgreSQL; the
+                    # scheduler's reconcile rebuilds the queue from PostgreSQL. Keep trying, gently.
+                    logger.warning("dequeue failed; retrying", extra={"fields": {"error": type(exc).__name__}})
+                    await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+                    continue
                 if not got.leases:
                     # next_ready_ms also counts other consumers' leases and delayed retries; nothing
                     # within a second means this invocation has nothing of its own left to do.
@@ -155,7 +162,7 @@ class Consumer:
                     # PostgreSQL is away (restart, failover): nothing was sent; look again in a second.
                     logger.warning("claim failed; will retry", extra={"fields": {"error": type(exc).__name__}})
                     soon = int(time.time() * 1000) + 1000
-                    await self.queue.retry_later([(lease, soon) for lease in got.leases])
+                    await self._redis_quietly(self.queue.retry_later([(lease, soon) for lease in got.leases]), "retry_later")
                     await asyncio.sleep(0.5)
                     continue
                 for message, lease, token in claimed:
@@ -197,10 +204,8 @@ class Consumer:
                 (by_id[mid], max(now_ms, int(at.timestamp() * 1000)) + recheck_margin_ms if at else now_ms + recheck_margin_ms)
                 for mid, at in state.retry_at.items()
             ]
-            if done:
-                await self.queue.ack(done)
-            if later:
-                await self.queue.retry_later(later)
+            await self._redis_quietly(self.queue.ack(done) if done else None, "ack")
+            await self._redis_quietly(self.queue.retry_later(later) if later else None, "retry_later")
         if claim.sendable:
             self._claims[claim.token] = (time.monotonic(), {m.id: by_id[m.id] for m in claim.sendable})
         return [(m, by_id[m.id], claim.token) for m in claim.sendable]
@@ -270,10 +275,10 @@ class Consumer:
                           if i.outcome.status == "failed" and i.outcome.message_id in written]  # fmt: skip
             if dead_codes:
                 await self._count_dead(dead_codes)
-            if acks:
-                await self.queue.ack(acks)
-            if retries:
-                await self.queue.retry_later(retries)
+            # PostgreSQL already holds these outcomes: if Redis fails now, the leases expire and the next
+            # claim finds the rows settled (acked then) or due (retried then). Nothing is lost.
+            await self._redis_quietly(self.queue.ack(acks) if acks else None, "ack")
+            await self._redis_quietly(self.queue.retry_later(retries) if retries else None, "retry_later")
 
     async def _record(self, token: str, outcomes: list[Outcome]) -> set[str] | None:
         """Write outcomes, waiting out a PostgreSQL restart: these answers are the carrier's, and losing
@@ -288,6 +293,15 @@ class Consumer:
                 logger.warning("recording outcomes failed; retrying", extra={"fields": {"error": type(exc).__name__}})
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 2.0)
+
+    async def _redis_quietly(self, call: Awaitable[object] | None, what: str) -> None:
+        if call is None:
+            return
+        try:
+            await call
+        except redis.RedisError as exc:
+            logger.warning("%s failed; the lease will expire and PostgreSQL decides", what,
+                           extra={"fields": {"error": type(exc).__name__}})  # fmt: skip
 
     async def _count_dead(self, codes: list[str]) -> None:
         key = counter_key(self.queue.keys.prefix)
@@ -306,7 +320,7 @@ class Consumer:
         for token, (claimed_at, leases) in list(self._claims.items()):
             if leases and now_m - claimed_at >= self.config.lease_s / 3:
                 await asyncio.to_thread(store.renew_leases, self.pool, token, list(leases), lease_s=self.config.lease_s)
-                await self.queue.renew(list(leases.values()), self._redis_lease_ms)
+                await self._redis_quietly(self.queue.renew(list(leases.values()), self._redis_lease_ms), "renew")
                 self._claims[token] = (now_m, leases)
 
 
