@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -143,3 +144,31 @@ def _later():
     from datetime import UTC, datetime, timedelta
 
     return datetime.now(UTC) + timedelta(seconds=5)  # past the reconcile grace for rows accepted just now
+
+
+def test_two_schedulers_promote_each_due_retry_once(send_env, pool):
+    from common.queue import QueueItem
+
+    rt = get_runtime()
+    due_ms = int(time.time() * 1000) + 300
+    items = [QueueItem(f"00000000-0000-7000-8000-{i:012d}", "c1", "bulk", "+13125550100", "sms", due_at_ms=due_ms)
+             for i in range(400)]  # fmt: skip
+    rt.queue.enqueue(items)
+    assert rt.queue.depths().delayed == 400
+    while time.time() * 1000 < due_ms + 5:  # the condition is the clock itself: wait until they are due
+        time.sleep(0.01)
+    barrier = threading.Barrier(2)
+    promoted: list[int] = []
+
+    def one() -> None:
+        barrier.wait()
+        promoted.append(sum(rt.queue.promote_due(limit=50) for _ in range(10)))
+
+    threads = [threading.Thread(target=one) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(promoted) == 400
+    depths = rt.queue.depths()
+    assert (depths.ready_bulk, depths.delayed) == (400, 0)
