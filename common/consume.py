@@ -319,7 +319,11 @@ class Consumer:
         now_m = time.monotonic()
         for token, (claimed_at, leases) in list(self._claims.items()):
             if leases and now_m - claimed_at >= self.config.lease_s / 3:
-                await asyncio.to_thread(store.renew_leases, self.pool, token, list(leases), lease_s=self.config.lease_s)
+                try:
+                    await asyncio.to_thread(store.renew_leases, self.pool, token, list(leases), lease_s=self.config.lease_s)
+                except _DB_ERRORS as exc:  # PostgreSQL away: try again at the next housekeeping
+                    logger.warning("lease renewal failed", extra={"fields": {"error": type(exc).__name__}})
+                    continue
                 await self._redis_quietly(self.queue.renew(list(leases.values()), self._redis_lease_ms), "renew")
                 self._claims[token] = (now_m, leases)
 

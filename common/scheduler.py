@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pg8000.native
 import redis
 
+from common.db.pool import DatabaseUnavailable
 from common.inline import deliver_inline
 from common.queue import QueueItem, SenderLimit
 from common.redis_client import RedisUnavailable
@@ -63,6 +65,9 @@ SELECT church_id::text, phone, sms_per_second, mms_per_second
 FROM sender_numbers WHERE phone = ANY(CAST(:phones AS text[]))
 """
 
+_DB_ERRORS: tuple[type[Exception], ...] = (
+    DatabaseUnavailable, pg8000.native.InterfaceError, pg8000.native.DatabaseError, OSError,
+)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NIL = "00000000-0000-0000-0000-000000000000"
 
@@ -99,6 +104,13 @@ class Scheduler:
         return self.report
 
     def one_pass(self, now: datetime | None = None) -> None:
+        """One pass; a PostgreSQL outage skips it (logged) instead of ending the run."""
+        try:
+            self._one_pass(now)
+        except _DB_ERRORS as exc:
+            logger.warning("scheduler pass skipped: database unavailable", extra={"fields": {"error": type(exc).__name__}})
+
+    def _one_pass(self, now: datetime | None = None) -> None:
         self.report.passes += 1
         rt = self.rt
         if rt.settings.enable_queues:

@@ -7,12 +7,15 @@ What is proved here, against real PostgreSQL, real Redis and the Telnyx sandbox:
   carrier before its stored ``next_attempt_at``;
 - PostgreSQL restarted in the middle of a 2,000-message drain by a consumer process: nothing lost,
   duplicates at the carrier bounded by the consumer's concurrency (counted and printed);
+- PostgreSQL away for a few seconds (longer than a third of the lease, when the consumer renews its
+  leases): the consumer waits it out as it does a restart;
 - Redis restarted empty in the middle of a drain: the scheduler's reconcile brings every message back,
   nothing lost, duplicates bounded by the consumer's concurrency (counted and printed);
 - a message past its deadline expires instead of being sent, and a retry that would fall after the
   deadline expires; ``GET /messages/{id}`` shows the church why.
 
-No sleeps stand in for synchronisation: every wait is a condition polled under a deadline.
+No sleeps stand in for synchronisation: every wait is a condition polled under a deadline (the one
+``time.sleep`` is the length of an outage, the fault itself).
 
 Where the attempt started: ``message_attempts.started_at`` cannot say. The row is inserted by the
 outcome write (``RECORD_OUTCOMES_SQL``), so ``started_at`` (DEFAULT now()) is the same instant as
@@ -286,6 +289,45 @@ def test_postgres_restarted_mid_drain_loses_nothing_and_duplicates_only_unrecord
     assert duplicates <= CONCURRENCY, figures
     # A duplicate is a message sent again after an attempt whose outcome was never written.
     assert set(duplicated) <= unrecorded, figures
+
+
+def test_postgres_away_longer_than_a_third_of_the_lease_the_consumer_waits_it_out(own_postgres, sandbox, spawn, monkeypatch):
+    """Not a restart but a short outage (failover, network): longer than the consumer's lease-renewal
+    period (lease_s / 3), shorter than the lease. The consumer should wait it out, as it does a restart."""
+    server, pool = own_postgres
+    lease_s = 3.0
+    outage_s = 2.0  # > lease_s / 3 (renewal is due while PostgreSQL is away), < lease_s (no lease runs out)
+    set_env(monkeypatch, LEASE_S=f"{lease_s:g}")
+    tenant = make_church(pool, sms_per_second=FAST_SENDER)
+    total = 2_000
+    to = numbers(total)
+    status, body = post(function_client("send"), tenant, to=to, max_attempts=10, text="Youth retreat forms due")
+    assert status == 202 and body["mode"] == "queued", body
+    sandbox.configure(latency_ms=20)
+
+    consumer = spawn("pg-outage", max_seconds=60)
+    wait_for(lambda: sandbox.ledger.accepted >= 300 or not consumer.running, timeout_s=60,
+             what="a few hundred messages accepted by the carrier")  # fmt: skip
+    assert consumer.running, f"the consumer ended before the outage:\n{consumer.output()[-3000:]}"
+    before = sandbox.ledger.accepted
+    server.stop()
+    time.sleep(outage_s)  # the fault itself: PostgreSQL stays away this long (not a wait for anything)
+    server.start()
+
+    exit_code = consumer.wait(90)
+    felt = warnings(consumer)
+    tail = consumer.output()[-2500:]
+    finish_drain(pool, total, timeout_s=60)
+    duplicates, duplicated = ledger_duplicates(sandbox)
+    unrecorded = unrecorded_attempts(pool)
+    figures = (f"PostgreSQL away {outage_s:g}s (lease {lease_s:g}s) after {before} accepted: {duplicates} duplicate(s) "
+               f"at the carrier, {len(unrecorded)} message(s) with an attempt whose outcome was never written; consumer "
+               f"exit code {exit_code}, logged {felt}")  # fmt: skip
+    print("\n" + figures)
+    assert status_counts(pool) == {"sent": total}
+    assert sandbox.ledger.unique == total and set(sandbox.ledger.by_to()) == set(to), figures
+    assert duplicates <= CONCURRENCY and set(duplicated) <= unrecorded, figures
+    assert exit_code == 0, f"the consumer gave up while PostgreSQL was away:\n{tail}"
 
 
 # -- 3. Redis restarted empty mid-drain ------------------------------------------------------------
