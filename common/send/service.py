@@ -116,15 +116,22 @@ def accept(
             )
         lane: Lane = "conv" if len(recipients) == 1 and not request.groups else "bulk"
         broadcast_id = str(uuid7())
-        if not _insert_broadcast(conn, church_id, broadcast_id, idempotency_key, request_hash, request, lane):
-            # The same key committed by a concurrent request after our first look: its answer is ours.
-            replay = _replay(conn, church_id, idempotency_key or "", request_hash)
-            assert replay is not None
-            return _replayed(replay, church_id, request)
         scheduled = request.send_at is not None and request.send_at > at + timedelta(seconds=1)
         first_attempt = request.send_at if scheduled and request.send_at else at
         ids = [str(uuid7()) for _ in recipients]
         statuses = ["suppressed" if r in opted_out else ("scheduled" if scheduled else "queued") for r in recipients]
+        # The answer is known before anything is written (ids are ours): it goes in with the broadcast.
+        response = _response(
+            broadcast_id, request, seg.encoding, seg.segments, recipients, ids, statuses, invalid, duplicates,
+            mode="scheduled" if scheduled else "queued",
+        )  # fmt: skip
+        if not _insert_broadcast(
+            conn, church_id, broadcast_id, idempotency_key, request_hash, request, lane, response, len(opted_out)
+        ):
+            # The same key committed by a concurrent request after our first look: its answer is ours.
+            replay = _replay(conn, church_id, idempotency_key or "", request_hash)
+            assert replay is not None
+            return _replayed(replay, church_id, request)
         store.insert_messages(
             conn,
             store.NewMessages(
@@ -135,15 +142,6 @@ def accept(
                 next_attempt_at=first_attempt, deadline_at=first_attempt + timedelta(seconds=request.deadline_s),
                 ids=ids, to_addresses=recipients, statuses=statuses,
             ),
-        )  # fmt: skip
-        response = _response(
-            broadcast_id, request, seg.encoding, seg.segments, recipients, ids, statuses, invalid, duplicates,
-            mode="scheduled" if scheduled else "queued",
-        )  # fmt: skip
-        conn.run(
-            "UPDATE broadcasts SET response = CAST(:r AS jsonb), recipient_count = :n, suppressed_count = :s"
-            " WHERE id = CAST(:id AS uuid)",
-            r=json.dumps(response), n=len(recipients), s=len(opted_out), id=broadcast_id,
         )  # fmt: skip
     sendable = [i for i, s in zip(ids, statuses, strict=True) if s != "suppressed"]
     return Accepted(
@@ -248,14 +246,16 @@ def _opted_out(conn: Connection, church_id: str, recipients: list[str]) -> set[s
 
 def _insert_broadcast(
     conn: Connection, church_id: str, broadcast_id: str, key: str | None, request_hash: bytes | None,
-    request: SendRequest, lane: str,
+    request: SendRequest, lane: str, response: dict[str, Any], suppressed: int,
 ) -> bool:  # fmt: skip
     rows = conn.run(
-        "INSERT INTO broadcasts (id, church_id, channel, lane, idempotency_key, request_hash, send_at)"
-        " VALUES (CAST(:id AS uuid), CAST(:c AS uuid), :channel, :lane, :key, :hash, :send_at)"
+        "INSERT INTO broadcasts (id, church_id, channel, lane, idempotency_key, request_hash, send_at, response,"
+        " recipient_count, suppressed_count)"
+        " VALUES (CAST(:id AS uuid), CAST(:c AS uuid), :channel, :lane, :key, :hash, :send_at, CAST(:r AS jsonb),"
+        " :n, :s)"
         " ON CONFLICT (church_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id",
         id=broadcast_id, c=church_id, channel=request.channel, lane=lane, key=key, hash=request_hash,
-        send_at=request.send_at,
+        send_at=request.send_at, r=json.dumps(response), n=response["counts"]["accepted"] + suppressed, s=suppressed,
     )  # fmt: skip
     return bool(rows)
 
