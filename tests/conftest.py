@@ -20,13 +20,12 @@ import pytest
 
 from common import constants
 from common.config import Settings, get_settings, parse_database_url
-from common.db import get_pool
 from common.db.migrate import migrate
 from common.db.pool import Pool
-from common.redis_client import RedisGate, get_redis
+from common.redis_client import RedisGate
 from infra.embedded import PostgresProcess, RedisProcess
 from infra.telnyx_sandbox import Sandbox, SandboxConfig
-from tests.helpers import with_database
+from tests.helpers import rebuild_singletons, with_database
 
 
 @pytest.fixture(scope="session")
@@ -146,15 +145,7 @@ def env(
 
 
 def _clear_process_singletons() -> None:
-    from common.runtime import get_runtime
-
-    get_runtime.cache_clear()
-    if get_pool.cache_info().currsize:
-        get_pool().close()
-    if get_redis.cache_info().currsize:
-        get_redis().close()
-    for cached in (get_settings, get_pool, get_redis):
-        cached.cache_clear()
+    rebuild_singletons()
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import pytest
 from functions_framework import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,3 +21,26 @@ def function_client(name: str):  # -> flask.testing.FlaskClient
     """A Flask test client for ``functions/<name>/main.py``, as functions-framework serves it."""
     target = name.replace("-", "_")
     return create_app(target, str(ROOT / "functions" / name / "main.py")).test_client()
+
+
+def rebuild_singletons() -> None:
+    """Drop the process-wide settings/pool/Redis/runtime so the next use reads the environment again."""
+    from common.config import get_settings
+    from common.db import get_pool
+    from common.redis_client import get_redis
+    from common.runtime import get_runtime
+
+    get_runtime.cache_clear()
+    if get_pool.cache_info().currsize:
+        get_pool().close()
+    if get_redis.cache_info().currsize:
+        get_redis().close()
+    for cached in (get_settings, get_pool, get_redis):
+        cached.cache_clear()
+
+
+def set_env(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
+    """Set environment variables for this test and rebuild the singletons that read them."""
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    rebuild_singletons()

@@ -23,15 +23,13 @@ import pytest
 
 from common.config import get_settings
 from common.consume import ConsumeBudget, run_consumer
-from common.db import get_pool
 from common.dead_letters import cli as dlq_cli
 from common.dead_letters.access import Scope
 from common.dead_letters.replay import replay_ids
 from common.logs import JsonFormatter
-from common.redis_client import get_redis
 from common.runtime import get_runtime
 from tests.factories import Tenant, make_church, numbers
-from tests.helpers import function_client
+from tests.helpers import function_client, rebuild_singletons, set_env
 
 OPERATOR_TOKEN = "op-" + "k7Qz9" * 8  # >= 32 characters, as settings require
 FINAL = frozenset({"sent", "failed", "suppressed", "expired"})
@@ -40,20 +38,6 @@ FINAL = frozenset({"sent", "failed", "suppressed", "expired"})
 # -- helpers --------------------------------------------------------------------------------------------
 
 
-def rebuild_singletons() -> None:
-    get_runtime.cache_clear()
-    if get_pool.cache_info().currsize:
-        get_pool().close()
-    if get_redis.cache_info().currsize:
-        get_redis().close()
-    for cached in (get_settings, get_pool, get_redis):
-        cached.cache_clear()
-
-
-def set_env(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    rebuild_singletons()
 
 
 def drain_until(condition: Callable[[], bool], *, timeout_s: float = 30.0, what: str = "the condition") -> None:

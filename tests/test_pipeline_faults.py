@@ -34,19 +34,16 @@ import pytest
 import redis
 
 from common import constants
-from common.config import get_settings
 from common.consume import ConsumeBudget, ConsumeReport, run_consumer
-from common.db import get_pool
 from common.db.pool import Pool
 from common.ids import uuid7
 from common.queue import QueueItem, SenderLimit
-from common.redis_client import get_redis
 from common.retry_policy import default_policy
 from common.runtime import get_runtime
 from infra.embedded import RedisProcess
 from infra.telnyx_sandbox import Sandbox
 from tests.factories import Tenant, make_church, numbers
-from tests.helpers import function_client
+from tests.helpers import function_client, rebuild_singletons, set_env
 
 FINAL = frozenset({"sent", "failed", "suppressed", "expired"})
 FAST_SENDER = 50_000.0  # "sender rate high": the number's own cap never binds
@@ -67,21 +64,6 @@ def wait_for(condition: Callable[[], Any], *, timeout_s: float, what: str, poll_
         time.sleep(poll_s)
 
 
-def rebuild_singletons() -> None:
-    """Drop the process-wide settings/pool/Redis/runtime so the next use reads the environment again."""
-    get_runtime.cache_clear()
-    if get_pool.cache_info().currsize:
-        get_pool().close()
-    if get_redis.cache_info().currsize:
-        get_redis().close()
-    for cached in (get_settings, get_pool, get_redis):
-        cached.cache_clear()
-
-
-def set_env(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    rebuild_singletons()
 
 
 def status_counts(pool: Pool, church_id: str | None = None) -> dict[str, int]:

@@ -9,25 +9,16 @@ import time
 import pytest
 
 from common import constants
-from common.config import get_settings
 from common.consume import ConsumeBudget, run_consumer
 from common.runtime import get_runtime
 from common.scheduler import Scheduler
 from infra.embedded import RedisProcess
 from tests.factories import make_church, numbers
-from tests.helpers import function_client
+from tests.helpers import function_client, rebuild_singletons
 
 
 def drain(max_seconds: float = 30.0):
     return asyncio.run(run_consumer(get_runtime(), ConsumeBudget(max_seconds=max_seconds, stop_when_idle=True)))
-
-
-def _rebuild() -> None:
-    from common.db import get_pool
-    from common.redis_client import get_redis
-
-    for cached in (get_runtime, get_settings, get_pool, get_redis):
-        cached.cache_clear()
 
 
 @pytest.fixture
@@ -35,10 +26,10 @@ def own_redis(send_env, service_dir, monkeypatch):
     """A Redis of this test's own, pointed at by REDIS_URL, that the test may kill."""
     server = RedisProcess(service_dir / "redis", persist=False).start()
     monkeypatch.setenv(constants.REDIS_URL_ENV, server.url)
-    _rebuild()
+    rebuild_singletons()
     yield server
     server.stop()
-    _rebuild()
+    rebuild_singletons()
 
 
 def _statuses(pool) -> dict[str, int]:
@@ -92,13 +83,13 @@ def test_with_redis_down_the_scheduler_sends_due_messages_inline(own_redis, pool
     own_redis.kill()
     send = function_client("send")
     monkeypatch.setenv("INLINE_BUDGET_S", "0.001")  # send's own inline pass gets no time: the scheduler must do it
-    _rebuild()
+    rebuild_singletons()
     body = send.post("/messages", json={"channel": "sms", "to": numbers(20), "text": "x"}, headers=tenant.auth).get_json()
     assert body["mode"] == "inline"
     left = _statuses(pool).get("queued", 0)
     assert left > 0
     monkeypatch.setenv("INLINE_BUDGET_S", "10")
-    _rebuild()
+    rebuild_singletons()
     scheduler = Scheduler(get_runtime())
     scheduler.one_pass()
     assert scheduler.report.inline_passes == 1
@@ -110,10 +101,10 @@ def test_two_schedulers_inline_at_once_send_each_message_once(own_redis, pool, s
     tenant = make_church(pool)
     monkeypatch.setenv(constants.ENABLE_QUEUES_ENV, "false")
     monkeypatch.setenv("INLINE_BUDGET_S", "0.001")
-    _rebuild()
+    rebuild_singletons()
     function_client("send").post("/messages", json={"channel": "sms", "to": numbers(60), "text": "x"}, headers=tenant.auth)
     monkeypatch.setenv("INLINE_BUDGET_S", "10")
-    _rebuild()
+    rebuild_singletons()
     sandbox.configure(latency_ms=20)
     barrier = threading.Barrier(2)
 
