@@ -5,7 +5,8 @@ a sentence that says what to do, and the field at fault (JSON-pointer-ish: ``to[
 
     ApiError (status, code)
     ├── BadRequest            400 invalid_json, ...
-    ├── Unauthorized          401 unauthorized
+    ├── Unauthorized          401 unauthorized, signature_missing
+    ├── Forbidden             403 signature_mismatch, timestamp_out_of_tolerance
     ├── NotFound              404 not_found (also for another church's ids: nothing leaks)
     ├── Conflict              409 idempotency_conflict
     ├── PayloadTooLarge       413 payload_too_large
@@ -52,6 +53,10 @@ class BadRequest(ApiError):
 
 class Unauthorized(ApiError):
     status = 401
+
+
+class Forbidden(ApiError):
+    status = 403
 
 
 class NotFound(ApiError):

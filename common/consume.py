@@ -69,6 +69,7 @@ class ConsumeReport:
     failed: int = 0
     suppressed: int = 0
     expired: int = 0
+    held: int = 0  # bulk texts put back until their recipient's send window opens
     lost_claim: int = 0  # outcome not written: another claimant took the lease over
     maybe_duplicate: int = 0  # the carrier may have accepted an attempt we then retried
     seconds: float = 0.0
@@ -191,6 +192,7 @@ class Consumer:
                 self.report.suppressed += 1
             else:
                 self.report.expired += 1
+        self.report.held += len(claim.held)  # quiet hours: unclaimed_state below schedules them for the opening
         # Ids the claim did not return: forget the settled ones; the others are leased by another
         # consumer (maybe a dead one, whose PostgreSQL lease outlives its Redis lease by the claim's
         # round trip), locked, or not due: look at them again when that ends, never drop them.

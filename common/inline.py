@@ -51,7 +51,7 @@ async def deliver_inline(
     """Send what can be sent within ``budget_s``; return the status of every id this call settled."""
     deadline = time.monotonic() + budget_s
     claim = await asyncio.to_thread(store.claim, pool, list(ids), lease_s=lease_s)
-    statuses = {m.id: m.status for m in claim.settled}
+    statuses = {m.id: m.status for m in claim.settled + claim.held}
     outcomes: list[Outcome] = []
     unstarted: list[str] = []
     pace = _Pace(per_second)

@@ -8,7 +8,9 @@ Cloud schedules tick once a minute, so one invocation loops for its budget and m
 3. every ``reconcile_interval_s``: walks PostgreSQL's due work (``scheduled``/``queued``/``retrying``
    due, and ``sending`` past its lease) with a keyset cursor and re-enqueues whatever Redis does not
    hold, so after a Redis restart that lost everything, every pending message comes back;
-4. when Redis is disabled or down: sends due messages inline from PostgreSQL, claiming them first.
+4. when Redis is disabled or down: sends due messages inline from PostgreSQL, claiming them first;
+5. first of all, applies delivery receipts that arrived before their message was ready for them
+   (common/messages/receipts.py), so a receipt is never left behind.
 
 Several instances at once are safe without a lock: promote and reclaim are atomic scripts, enqueue is
 idempotent (an id is held once), and inline sends go through the claim fence.
@@ -30,6 +32,7 @@ import redis
 
 from common.db.pool import DatabaseUnavailable
 from common.inline import deliver_inline
+from common.messages import receipts
 from common.queue import QueueItem, SenderLimit
 from common.redis_client import RedisUnavailable
 from common.runtime import Runtime
@@ -81,6 +84,7 @@ class SchedulerReport:
     inline_passes: int = 0
     inline_sent: int = 0
     inline_other: int = 0
+    receipts_applied: int = 0
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -113,6 +117,8 @@ class Scheduler:
     def _one_pass(self, now: datetime | None = None) -> None:
         self.report.passes += 1
         rt = self.rt
+        # Delivery receipts that arrived before their message was ready for them (or without our id).
+        self.report.receipts_applied += receipts.apply_pending(rt.pool)
         if rt.settings.enable_queues:
             try:
                 self.report.promoted += rt.redis.call(lambda _c: rt.queue.promote_due(limit=5000))

@@ -68,6 +68,13 @@ def template_database(pg_server_url: str) -> Iterator[str]:
     template = Pool(parse_database_url(with_database(pg_server_url, name)))
     try:
         migrate(template, progress=lambda _line: None)
+        # A suite must not pass or fail by the hour it runs: churches made by tests have no send window
+        # (quiet hours) unless the test sets one. tests/test_quiet_hours_delivery.py checks the real
+        # default (09:00-20:00) on a freshly migrated database.
+        template.run(
+            "ALTER TABLE churches ALTER COLUMN send_window_start SET DEFAULT NULL,"
+            " ALTER COLUMN send_window_end SET DEFAULT NULL"
+        )
     finally:
         template.close()
     yield name

@@ -33,8 +33,9 @@ def _insert(pool, church_id, n, *, statuses=None, deadline=timedelta(hours=4), n
             NewMessages(
                 church_id=church_id, broadcast_id=broadcast, channel="sms", lane="bulk", from_address="+13125550100",
                 subject=None, body="hello", media_urls=None, encoding="GSM-7", segments=1, max_attempts=4,
-                next_attempt_at=next_at or now, deadline_at=now + deadline, ids=ids,
-                to_addresses=[f"+1312555{1000 + i:04d}" for i in range(n)], statuses=statuses or ["queued"] * n,
+                next_attempt_at=[next_at or now] * n, deadline_at=[now + deadline] * n, recipient_tz=[None] * n,
+                ids=ids, to_addresses=[f"+1312555{1000 + i:04d}" for i in range(n)],
+                statuses=statuses or ["queued"] * n,
             ),
         )  # fmt: skip
     return ids

@@ -144,3 +144,11 @@ def list_conversation_messages(
     else:
         rows = pool.run(LIST_CONVERSATION_MESSAGES_NEXT_PAGE_SQL, before_at=before[0], before_id=before[1], **params)
     return [ConversationMessageRow(*row) for row in rows]
+
+
+def conversation_exists(pool: Pool, church_id: UUID, conversation_id: UUID) -> bool:
+    rows = pool.run(
+        "SELECT 1 FROM conversations WHERE id = :conversation_id AND church_id = :church_id",
+        conversation_id=conversation_id, church_id=church_id,
+    )  # fmt: skip
+    return bool(rows)

@@ -44,21 +44,21 @@ def get_one(pool: Pool, church_id: str, message_id: str) -> dict[str, Any]:
 
 
 def list_page(pool: Pool, church_id: str, args: dict[str, str]) -> dict[str, Any]:
-    limit = _limit(args.get("limit"))
+    limit = page_limit(args.get("limit"))
     church = UUID(church_id)
     if "broadcast_id" in args:
         broadcast = _uuid(args["broadcast_id"], "broadcast_id")
         after = _uuid(_decode(args["cursor"]), "cursor") if args.get("cursor") else None
         rows = queries.list_broadcast_messages(pool, church, broadcast, limit=limit, after=after)
-        next_cursor = _encode(str(rows[-1].id)) if len(rows) == limit else None
+        next_cursor = encode_cursor(str(rows[-1].id)) if len(rows) == limit else None
     else:
-        before = _cursor(args["cursor"]) if args.get("cursor") else None
+        before = time_cursor(args["cursor"]) if args.get("cursor") else None
         rows = queries.list_church_messages(pool, church, limit=limit, before=before)
-        next_cursor = _encode(f"{rows[-1].created_at.isoformat()}|{rows[-1].id}") if len(rows) == limit else None
+        next_cursor = encode_cursor(f"{rows[-1].created_at.isoformat()}|{rows[-1].id}") if len(rows) == limit else None
     return {"data": [message_json(r) for r in rows], "next_cursor": next_cursor}
 
 
-def _limit(raw: str | None) -> int:
+def page_limit(raw: str | None) -> int:
     if raw is None:
         return default_limit
     if not raw.isdigit() or not 1 <= int(raw) <= max_limit:
@@ -75,7 +75,7 @@ def _uuid(raw: str, field: str, *, not_found: bool = False) -> UUID:
         raise BadRequest("invalid_id", f"{field} is not a valid id", field=field) from None
 
 
-def _encode(text: str) -> str:
+def encode_cursor(text: str) -> str:
     return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
@@ -86,7 +86,7 @@ def _decode(cursor: str) -> str:
         raise BadRequest("invalid_cursor", _BAD_CURSOR, field="cursor") from None
 
 
-def _cursor(cursor: str) -> tuple[datetime, UUID]:
+def time_cursor(cursor: str) -> tuple[datetime, UUID]:
     at, _, mid = _decode(cursor).partition("|")
     try:
         return datetime.fromisoformat(at), UUID(mid)

@@ -6,8 +6,11 @@ only rows it got back may go to the carrier. Outcomes are written ``WHERE claim_
 status = 'sending'``, so a claimant whose lease was taken over cannot overwrite the newer owner.
 
 The claim also applies the last-moment rules, in the same round trip: a recipient who opted out since
-the send was accepted is ``suppressed``, and a message past its deadline is ``expired``; neither is
-returned for sending.
+the send was accepted is ``suppressed`` (unless the text is the confirmation of that opt-out), a
+message past its deadline is ``expired``, and a bulk text outside its recipient's send window is
+``scheduled`` again for the window's opening (``send_window_opens_at``, migration 0004); none of them
+is returned for sending. Because every path (consumer, retry, replay, reclaim, inline) claims, these
+rules hold on all of them.
 """
 
 from __future__ import annotations
@@ -15,40 +18,53 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from common.db.pool import Connection, Pool
 from common.ids import uuid7
+from common.messages import receipts
 
 # A claimed row may be taken over by another claimant once its lease has run out.
 CLAIM_SQL = """
 WITH candidates AS (
     SELECT m.id,
-           EXISTS (SELECT 1 FROM opt_outs o
-                   WHERE o.church_id = m.church_id AND o.address = m.to_address
-                     AND o.channel = CASE WHEN m.channel = 'mail' THEN 'mail' ELSE 'sms' END) AS opted_out,
-           m.deadline_at <= now() AS past_deadline
-    FROM messages m
+           m.purpose = 'normal' AND EXISTS (
+               SELECT 1 FROM opt_outs o
+               WHERE o.church_id = m.church_id AND o.address = m.to_address
+                 AND o.channel = CASE WHEN m.channel = 'mail' THEN 'mail' ELSE 'sms' END) AS opted_out,
+           m.deadline_at <= now() AS past_deadline,
+           CASE WHEN m.lane = 'bulk' AND m.purpose = 'normal' THEN
+               send_window_opens_at(now(), coalesce(m.recipient_tz, ch.timezone),
+                                    ch.send_window_start, ch.send_window_end) END AS opens_at
+    FROM messages m JOIN churches ch ON ch.id = m.church_id
     WHERE m.id = ANY(CAST(:ids AS uuid[]))
       AND (   (m.status IN ('queued', 'retrying', 'scheduled')
                AND (m.next_attempt_at IS NULL OR m.next_attempt_at <= now() + interval '1 second'))
            OR (m.status = 'sending' AND m.lease_until < now()))
     FOR UPDATE OF m SKIP LOCKED
+), decided AS (
+    SELECT id, opens_at,
+           CASE WHEN opted_out THEN 'suppressed' WHEN past_deadline THEN 'expired'
+                WHEN opens_at IS NOT NULL THEN 'scheduled' ELSE 'sending' END AS status
+    FROM candidates
 )
 UPDATE messages m SET
-    status = CASE WHEN c.opted_out THEN 'suppressed' WHEN c.past_deadline THEN 'expired' ELSE 'sending' END,
-    attempts = m.attempts + CASE WHEN c.opted_out OR c.past_deadline THEN 0 ELSE 1 END,
-    last_error_code = CASE WHEN c.opted_out THEN 'opted_out' WHEN c.past_deadline THEN 'deadline_passed'
-                           ELSE m.last_error_code END,
+    status = d.status,
+    attempts = m.attempts + CASE WHEN d.status = 'sending' THEN 1 ELSE 0 END,
+    last_error_code = CASE d.status WHEN 'suppressed' THEN 'opted_out' WHEN 'expired' THEN 'deadline_passed'
+                                    ELSE m.last_error_code END,
     claim_token = CAST(:token AS uuid),
-    lease_until = CASE WHEN c.opted_out OR c.past_deadline THEN NULL
-                       ELSE now() + CAST(:lease_s AS double precision) * interval '1 second' END,
-    finalized_at = CASE WHEN c.opted_out OR c.past_deadline THEN now() ELSE m.finalized_at END,
+    lease_until = CASE WHEN d.status = 'sending'
+                       THEN now() + CAST(:lease_s AS double precision) * interval '1 second' END,
+    -- Held for quiet hours: due when the window opens, with as much time left to go out as it had now.
+    next_attempt_at = CASE WHEN d.status = 'scheduled' THEN d.opens_at ELSE m.next_attempt_at END,
+    deadline_at = CASE WHEN d.status = 'scheduled' THEN m.deadline_at + (d.opens_at - now()) ELSE m.deadline_at END,
+    finalized_at = CASE WHEN d.status IN ('suppressed', 'expired') THEN now() ELSE m.finalized_at END,
     updated_at = now()
-FROM candidates c
-WHERE m.id = c.id
+FROM decided d
+WHERE m.id = d.id
 RETURNING m.id::text, m.status, m.church_id::text, m.channel, m.lane, m.to_address, m.from_address, m.subject,
           m.body, m.media_urls, m.attempts, m.max_attempts, m.deadline_at
 """
@@ -126,17 +142,17 @@ WHERE id = ANY(CAST(:ids AS uuid[])) AND claim_token = CAST(:token AS uuid) AND 
 """
 
 INSERT_MESSAGES_SQL = """
-INSERT INTO messages (id, church_id, broadcast_id, channel, lane, to_address, from_address, subject, body,
+INSERT INTO messages (id, church_id, broadcast_id, channel, lane, purpose, to_address, from_address, subject, body,
                       media_urls, encoding, segments, status, max_attempts, next_attempt_at, deadline_at,
-                      last_error_code, finalized_at)
-SELECT t.id, CAST(:church_id AS uuid), CAST(:broadcast_id AS uuid), :channel, :lane, t.to_address, :from_address,
-       :subject, :body, CAST(:media_urls AS jsonb), :encoding, :segments, t.status, :max_attempts,
-       CASE WHEN t.status = 'suppressed' THEN NULL ELSE CAST(:next_attempt_at AS timestamptz) END,
-       CAST(:deadline_at AS timestamptz),
+                      recipient_tz, last_error_code, finalized_at)
+SELECT t.id, CAST(:church_id AS uuid), CAST(:broadcast_id AS uuid), :channel, :lane, :purpose, t.to_address,
+       :from_address, :subject, :body, CAST(:media_urls AS jsonb), :encoding, :segments, t.status, :max_attempts,
+       CASE WHEN t.status = 'suppressed' THEN NULL ELSE t.next_at END, t.deadline_at, t.tz,
        CASE WHEN t.status = 'suppressed' THEN 'opted_out' END,
        CASE WHEN t.status = 'suppressed' THEN now() END
-FROM unnest(CAST(:ids AS uuid[]), CAST(:to_addresses AS text[]), CAST(:statuses AS text[]))
-     AS t(id, to_address, status)
+FROM unnest(CAST(:ids AS uuid[]), CAST(:to_addresses AS text[]), CAST(:statuses AS text[]),
+            CAST(:next_at AS timestamptz[]), CAST(:deadlines AS timestamptz[]), CAST(:zones AS text[]))
+     AS t(id, to_address, status, next_at, deadline_at, tz)
 """
 
 
@@ -162,10 +178,11 @@ class Claim:
     token: str
     sendable: list[ClaimedMessage]
     settled: list[ClaimedMessage]  # suppressed or expired by the claim itself
+    held: list[ClaimedMessage] = field(default_factory=list)  # bulk outside quiet hours: 'scheduled' again
 
     @property
     def ids(self) -> set[str]:
-        return {m.id for m in self.sendable} | {m.id for m in self.settled}
+        return {m.id for m in self.sendable} | {m.id for m in self.settled} | {m.id for m in self.held}
 
 
 @dataclass(frozen=True)
@@ -183,9 +200,15 @@ class Outcome:
     cost_currency: str | None = None
 
 
+Purpose = Literal["normal", "compliance"]
+
+
 @dataclass(frozen=True)
 class NewMessages:
-    """The rows of one accepted request (they share everything but the recipient and status)."""
+    """The rows of one accepted request: shared content, and per row the recipient, status and times.
+
+    Rows differ in time when quiet hours hold some recipients until their own morning.
+    """
 
     church_id: str
     broadcast_id: str
@@ -198,11 +221,13 @@ class NewMessages:
     encoding: str
     segments: int
     max_attempts: int
-    next_attempt_at: datetime
-    deadline_at: datetime
     ids: Sequence[str]
     to_addresses: Sequence[str]
     statuses: Sequence[str]
+    next_attempt_at: Sequence[datetime]
+    deadline_at: Sequence[datetime]
+    recipient_tz: Sequence[str | None]
+    purpose: Purpose = "normal"
 
 
 def insert_messages(conn: Connection, rows: NewMessages, *, chunk: int = 5000) -> None:
@@ -214,10 +239,14 @@ def insert_messages(conn: Connection, rows: NewMessages, *, chunk: int = 5000) -
             ids=list(rows.ids[start:end]),
             to_addresses=list(rows.to_addresses[start:end]),
             statuses=list(rows.statuses[start:end]),
+            next_at=list(rows.next_attempt_at[start:end]),
+            deadlines=list(rows.deadline_at[start:end]),
+            zones=list(rows.recipient_tz[start:end]),
             church_id=rows.church_id,
             broadcast_id=rows.broadcast_id,
             channel=rows.channel,
             lane=rows.lane,
+            purpose=rows.purpose,
             from_address=rows.from_address,
             subject=rows.subject,
             body=rows.body,
@@ -225,8 +254,6 @@ def insert_messages(conn: Connection, rows: NewMessages, *, chunk: int = 5000) -
             encoding=rows.encoding,
             segments=rows.segments,
             max_attempts=rows.max_attempts,
-            next_attempt_at=rows.next_attempt_at,
-            deadline_at=rows.deadline_at,
         )
 
 
@@ -240,7 +267,8 @@ def claim(pool: Pool, ids: Sequence[str], *, lease_s: float) -> Claim:
     return Claim(
         token,
         sendable=[m for m in claimed if m.status == "sending"],
-        settled=[m for m in claimed if m.status != "sending"],
+        settled=[m for m in claimed if m.status in ("suppressed", "expired")],
+        held=[m for m in claimed if m.status == "scheduled"],
     )
 
 
@@ -263,6 +291,8 @@ def record_outcomes(pool: Pool, token: str, outcomes: Sequence[Outcome]) -> set[
             outcomes=[o.outcome for o in outcomes],
         )
         written = {row[0] for row in rows}
+        # Delivery receipts that raced ahead of this write (the carrier's webhook came first).
+        receipts.apply_for_messages(conn, [o.message_id for o in outcomes if o.status == "sent" and o.message_id in written])
         opted_out = [o.message_id for o in outcomes if o.outcome == "opted_out" and o.message_id in written]
         if opted_out:
             conn.run(RECORD_CARRIER_OPT_OUTS_SQL, ids=opted_out)

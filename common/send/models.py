@@ -32,12 +32,24 @@ class SendRequest(BaseModel):
     skip_invalid: bool = False
     deadline_s: int = Field(default=default_deadline_s, ge=60, le=72 * 3600)
     max_attempts: int = Field(default=4, ge=1, le=10)
+    smart_encoding: bool = Field(
+        default=True, description="replace look-alikes (curly quotes, dashes...) so the text stays GSM-7"
+    )
 
     @field_validator("to")
     @classmethod
     def _bounded(cls, value: str | list[str] | None) -> str | list[str] | None:
         if isinstance(value, list) and len(value) > max_recipients:
             raise ValueError(f"at most {max_recipients:,} recipients per request; got {len(value):,}")
+        return value
+
+    @field_validator("text")
+    @classmethod
+    def _encodable(cls, value: str) -> str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text has a character that is not valid Unicode (a lone surrogate); remove it") from None
         return value
 
     @field_validator("send_at")

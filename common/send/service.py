@@ -22,13 +22,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from common.compliance.quiet_hours import SendWindow, next_opening, zone
+
 from common.api_errors import Conflict, Unprocessable
 from common.db.pool import Connection, Pool
 from common.ids import uuid7
 from common.messages import store
+from common.messages.store import Purpose
 from common.phones import InvalidPhone, normalize
 from common.queue import Channel, Lane
-from common.segments import analyze, max_segments
+from common.segments import PreparedText, max_segments, prepare
 from common.send.models import SendRequest
 
 logger = logging.getLogger("koinonia.send")
@@ -54,10 +57,19 @@ class Accepted:
     channel: Channel
     sender: Sender
     queued_ids: list[str]  # ready now
-    scheduled_ids: list[str]  # send_at in the future
-    due_at: datetime | None
+    scheduled: list[tuple[str, datetime]]  # (id, due): send_at in the future, or held for quiet hours
     response: dict[str, Any]
     replayed: bool = False
+
+    @property
+    def scheduled_ids(self) -> list[str]:
+        return [message_id for message_id, _ in self.scheduled]
+
+
+@dataclass(frozen=True)
+class _Church:
+    timezone: str
+    window: SendWindow | None
 
 
 def accept(
@@ -69,19 +81,38 @@ def accept(
     idempotency_key: str | None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> Accepted:
-    """Validate and persist; raise ``ApiError`` (4xx, nothing written) for anything refused."""
+    """Validate and persist in one transaction; raise ``ApiError`` (4xx, nothing written) if refused."""
+    with pool.transaction() as conn:
+        return accept_in(conn, church_id, request, raw_payload=raw_payload, idempotency_key=idempotency_key, now=now)
+
+
+def accept_in(
+    conn: Connection,
+    church_id: str,
+    request: SendRequest,
+    *,
+    raw_payload: Any,
+    idempotency_key: str | None,
+    purpose: Purpose = "normal",
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Accepted:
+    """``accept`` inside the caller's transaction (a keyword reply commits with the inbound text).
+
+    ``purpose="compliance"`` is a STOP/START confirmation or a HELP answer: it reaches a person who
+    has opted out (the confirmation of their own opt-out) and is never held for quiet hours.
+    """
     if idempotency_key is not None and not _IDEMPOTENCY_KEY_RE.match(idempotency_key):
         raise Unprocessable(
             "invalid_idempotency_key",
             "Idempotency-Key must be 1-255 characters of letters, digits and _ : . -",
             field="Idempotency-Key",
         )
-    seg = analyze(request.text)
-    if seg.segments > max_segments:
-        limit = "1,530 GSM-7 characters" if seg.encoding == "GSM-7" else "670 UCS-2 characters"
+    text = prepare(request.text, smart_encoding=request.smart_encoding)
+    if text.segments > max_segments:
+        limit = "1,530 GSM-7 characters" if text.encoding == "GSM-7" else "670 UCS-2 characters"
         raise Unprocessable(
             "text_too_long",
-            f"this text needs {seg.segments} segments ({seg.units} {seg.encoding} units); the limit is "
+            f"this text needs {text.segments} segments ({text.units} {text.encoding} units); the limit is "
             f"{max_segments} segments ({limit}). Shorten it or split it into two messages",
             field="text",
         )
@@ -96,59 +127,106 @@ def accept(
         )
     request_hash = hashlib.sha256(json.dumps(raw_payload, sort_keys=True, separators=(",", ":")).encode()).digest()
     at = now()
-    with pool.transaction() as conn:
-        # A replay answers with the first answer even if things changed since (a member opted out).
-        if idempotency_key is not None:
-            replay = _replay(conn, church_id, idempotency_key, request_hash)
-            if replay is not None:
-                return _replayed(replay, church_id, request)
-        sender = _sender(conn, church_id, request.from_)
-        if request.groups:
-            recipients = _with_group_members(conn, church_id, [str(g) for g in request.groups], recipients)
-        if not recipients:
-            raise Unprocessable("no_recipients", "no valid recipients to send to (the groups may be empty)", field="to")
-        opted_out = _opted_out(conn, church_id, recipients)
-        if len(opted_out) == len(recipients):
-            raise Unprocessable(
-                "recipients_opted_out",
-                "every recipient has opted out of this church's texts (they can text START to opt back in)",
-                field="to" if request.recipients else "groups",
-            )
-        lane: Lane = "conv" if len(recipients) == 1 and not request.groups else "bulk"
-        broadcast_id = str(uuid7())
-        scheduled = request.send_at is not None and request.send_at > at + timedelta(seconds=1)
-        first_attempt = request.send_at if scheduled and request.send_at else at
-        ids = [str(uuid7()) for _ in recipients]
-        statuses = ["suppressed" if r in opted_out else ("scheduled" if scheduled else "queued") for r in recipients]
-        # The answer is known before anything is written (ids are ours): it goes in with the broadcast.
-        response = _response(
-            broadcast_id, request, seg.encoding, seg.segments, recipients, ids, statuses, invalid, duplicates,
-            mode="scheduled" if scheduled else "queued",
-        )  # fmt: skip
-        if not _insert_broadcast(
-            conn, church_id, broadcast_id, idempotency_key, request_hash, request, lane, response, len(opted_out)
-        ):
-            # The same key committed by a concurrent request after our first look: its answer is ours.
-            replay = _replay(conn, church_id, idempotency_key or "", request_hash)
-            assert replay is not None
+    # A replay answers with the first answer even if things changed since (a member opted out).
+    if idempotency_key is not None:
+        replay = _replay(conn, church_id, idempotency_key, request_hash)
+        if replay is not None:
             return _replayed(replay, church_id, request)
-        store.insert_messages(
-            conn,
-            store.NewMessages(
-                church_id=church_id, broadcast_id=broadcast_id, channel=request.channel, lane=lane,
-                from_address=sender.phone, subject=None, body=request.text,
-                media_urls=[str(u) for u in request.media_urls] if request.media_urls else None,
-                encoding=seg.encoding, segments=seg.segments, max_attempts=request.max_attempts,
-                next_attempt_at=first_attempt, deadline_at=first_attempt + timedelta(seconds=request.deadline_s),
-                ids=ids, to_addresses=recipients, statuses=statuses,
-            ),
-        )  # fmt: skip
-    sendable = [i for i, s in zip(ids, statuses, strict=True) if s != "suppressed"]
+    sender = _sender(conn, church_id, request.from_)
+    if request.groups:
+        recipients = _with_group_members(conn, church_id, [str(g) for g in request.groups], recipients)
+    if not recipients:
+        raise Unprocessable("no_recipients", "no valid recipients to send to (the groups may be empty)", field="to")
+    opted_out = _opted_out(conn, church_id, recipients) if purpose == "normal" else set()
+    if len(opted_out) == len(recipients):
+        raise Unprocessable(
+            "recipients_opted_out",
+            "every recipient has opted out of this church's texts (they can text START to opt back in)",
+            field="to" if request.recipients else "groups",
+        )
+    lane: Lane = "conv" if len(recipients) == 1 and not request.groups else "bulk"
+    broadcast_id = str(uuid7())
+    first_attempt = request.send_at if request.send_at is not None and request.send_at > at + timedelta(seconds=1) else at
+    ids = [str(uuid7()) for _ in recipients]
+    due = [first_attempt] * len(recipients)
+    zones: list[str | None] = [None] * len(recipients)
+    if lane == "bulk" and purpose == "normal":
+        zones, due = _quiet_hours(conn, church_id, recipients, first_attempt)
+    statuses = [
+        "suppressed" if r in opted_out else ("scheduled" if d > at + timedelta(seconds=1) else "queued")
+        for r, d in zip(recipients, due, strict=True)
+    ]
+    held = sum(1 for d, s in zip(due, statuses, strict=True) if d > first_attempt and s != "suppressed")
+    # The answer is known before anything is written (ids are ours): it goes in with the broadcast.
+    response = _response(
+        broadcast_id, request, text, recipients, ids, statuses, invalid, duplicates,
+        mode="scheduled" if first_attempt > at else "queued",
+    )  # fmt: skip
+    if held:
+        response["quiet_hours"] = {
+            "held": held,
+            "first_opening": min(d for d, s in zip(due, statuses, strict=True) if s == "scheduled").isoformat(),
+        }
+    if not _insert_broadcast(
+        conn, church_id, broadcast_id, idempotency_key, request_hash, request, lane, response, len(opted_out)
+    ):
+        # The same key committed by a concurrent request after our first look: its answer is ours.
+        replay = _replay(conn, church_id, idempotency_key or "", request_hash)
+        assert replay is not None
+        return _replayed(replay, church_id, request)
+    deadline = timedelta(seconds=request.deadline_s)
+    store.insert_messages(
+        conn,
+        store.NewMessages(
+            church_id=church_id, broadcast_id=broadcast_id, channel=request.channel, lane=lane, purpose=purpose,
+            from_address=sender.phone, subject=None, body=text.text,
+            media_urls=[str(u) for u in request.media_urls] if request.media_urls else None,
+            encoding=text.encoding, segments=text.segments, max_attempts=request.max_attempts,
+            ids=ids, to_addresses=recipients, statuses=statuses, next_attempt_at=due,
+            deadline_at=[d + deadline for d in due], recipient_tz=zones,
+        ),
+    )  # fmt: skip
+    queued = [i for i, s in zip(ids, statuses, strict=True) if s == "queued"]
+    scheduled = [(i, d) for i, s, d in zip(ids, statuses, due, strict=True) if s == "scheduled"]
     return Accepted(
         broadcast_id=broadcast_id, church_id=church_id, lane=lane, channel=request.channel, sender=sender,
-        queued_ids=[] if scheduled else sendable, scheduled_ids=sendable if scheduled else [],
-        due_at=first_attempt if scheduled else None, response=response,
+        queued_ids=queued, scheduled=scheduled, response=response,
     )  # fmt: skip
+
+
+def _quiet_hours(
+    conn: Connection, church_id: str, recipients: list[str], first_attempt: datetime
+) -> tuple[list[str | None], list[datetime]]:
+    """Each recipient's time zone (contact's, else the church's) and when their send window next opens."""
+    church = _church(conn, church_id)
+    rows = conn.run(
+        "SELECT phone, timezone FROM contacts WHERE church_id = CAST(:c AS uuid) AND phone = ANY(CAST(:p AS text[]))"
+        " AND timezone IS NOT NULL AND deleted_at IS NULL",
+        c=church_id, p=recipients,
+    )  # fmt: skip
+    contact_zones: dict[str, str] = {phone: tz for phone, tz in rows}
+    resolved: dict[str | None, tuple[str, datetime]] = {}
+    zones: list[str | None] = []
+    due: list[datetime] = []
+    for phone in recipients:
+        name = contact_zones.get(phone)
+        if name not in resolved:
+            tz = zone(name, church.timezone)
+            opening = next_opening(first_attempt, tz, church.window) if church.window else None
+            resolved[name] = (tz.key, opening or first_attempt)
+        tz_name, at = resolved[name]
+        zones.append(tz_name)
+        due.append(at)
+    return zones, due
+
+
+def _church(conn: Connection, church_id: str) -> _Church:
+    rows = conn.run(
+        "SELECT timezone, send_window_start, send_window_end FROM churches WHERE id = CAST(:c AS uuid)", c=church_id
+    )
+    timezone, start, end = rows[0]
+    window = SendWindow(start, end) if start is not None and end is not None and start != end else None
+    return _Church(timezone, window)
 
 
 def store_final_response(pool: Pool, broadcast_id: str, response: dict[str, Any]) -> None:
@@ -285,12 +363,12 @@ def _replay(conn: Connection, church_id: str, key: str, request_hash: bytes) -> 
 def _replayed(response: dict[str, Any], church_id: str, request: SendRequest) -> Accepted:
     return Accepted(
         broadcast_id=response["broadcast_id"], church_id=church_id, lane="bulk", channel=request.channel,
-        sender=Sender("", 0.0, 0.0), queued_ids=[], scheduled_ids=[], due_at=None, response=response, replayed=True,
+        sender=Sender("", 0.0, 0.0), queued_ids=[], scheduled=[], response=response, replayed=True,
     )  # fmt: skip
 
 
 def _response(
-    broadcast_id: str, request: SendRequest, encoding: str, segments: int, recipients: list[str], ids: list[str],
+    broadcast_id: str, request: SendRequest, text: PreparedText, recipients: list[str], ids: list[str],
     statuses: list[str], invalid: list[dict[str, Any]], duplicates: int, *, mode: str,
 ) -> dict[str, Any]:  # fmt: skip
     listed = [
@@ -302,8 +380,9 @@ def _response(
         "broadcast_id": broadcast_id,
         "mode": mode,
         "channel": request.channel,
-        "encoding": encoding,
-        "segments": segments,
+        "encoding": text.encoding,
+        "segments": text.segments,
+        "smart_encoding": {"applied": text.smart_encoded, "replaced": text.replaced},
         "counts": {
             "accepted": len(recipients) - suppressed,
             "suppressed": suppressed,

@@ -25,18 +25,23 @@ def submit(rt: Runtime, church_id: str, request: SendRequest, payload: Any, idem
         return Reply(accepted.response, 202, {"Idempotent-Replayed": "true"})
     if rt.settings.enable_queues and _enqueue(rt, accepted):
         return Reply(accepted.response, 202)
-    if accepted.scheduled_ids:
-        # Scheduled sends wait in PostgreSQL (status 'scheduled', next_attempt_at = send_at): the
-        # retry-scheduler releases them when due, with or without Redis.
+    if not accepted.queued_ids:
+        # Scheduled sends (send_at, or held for quiet hours) wait in PostgreSQL (status 'scheduled',
+        # next_attempt_at = when): the retry-scheduler releases them when due, with or without Redis.
         return Reply(accepted.response, 202)
     return Reply(_send_inline(rt, accepted), 202)
 
 
+def enqueue_accepted(rt: Runtime, accepted: Accepted) -> bool:
+    """Hand an accepted request's rows to Redis; ``False`` if Redis is off or failed (rows stay in PostgreSQL)."""
+    return rt.settings.enable_queues and _enqueue(rt, accepted)
+
+
 def _enqueue(rt: Runtime, accepted: Accepted) -> bool:
-    ids = accepted.queued_ids or accepted.scheduled_ids
-    if not ids:
+    due: list[tuple[str, int | None]] = [(mid, None) for mid in accepted.queued_ids]
+    due += [(mid, int(at.timestamp() * 1000)) for mid, at in accepted.scheduled]
+    if not due:
         return True
-    due_ms = int(accepted.due_at.timestamp() * 1000) if accepted.due_at else None
     items = [
         QueueItem(
             message_id=mid,
@@ -46,7 +51,7 @@ def _enqueue(rt: Runtime, accepted: Accepted) -> bool:
             channel=accepted.channel,
             due_at_ms=due_ms,
         )
-        for mid in ids
+        for mid, due_ms in due
     ]
     rate = accepted.sender.mms_per_second if accepted.channel == "mms" else accepted.sender.sms_per_second
     try:

@@ -1,4 +1,4 @@
-"""send: ``POST /messages`` (accept a send), ``GET /messages`` and ``GET /messages/{id}`` (read)."""
+"""send: ``POST /messages`` (accept a send); reads: ``GET /messages[/{id}]``, ``GET /conversations[/{id}/messages]``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import functions_framework
 
 from common.auth.authenticate import authenticate
 from common.config import get_settings
+from common.conversations import read_api as conversations_api
 from common.logs import configure_logging
 from common.messages import read_api
 from common.runtime import get_runtime
@@ -38,10 +39,24 @@ def list_messages(request: flask.Request) -> Reply:
     return Reply(read_api.list_page(rt.pool, caller.church_id, dict(request.args)))
 
 
+def list_conversations(request: flask.Request) -> Reply:
+    rt = get_runtime()
+    caller = authenticate(rt.pool, request.headers.get("Authorization"))
+    return Reply(conversations_api.list_page(rt.pool, caller.church_id, dict(request.args)))
+
+
+def conversation_thread(request: flask.Request, conversation_id: str) -> Reply:
+    rt = get_runtime()
+    caller = authenticate(rt.pool, request.headers.get("Authorization"))
+    return Reply(conversations_api.thread_page(rt.pool, caller.church_id, conversation_id, dict(request.args)))
+
+
 ROUTES = [
     route("POST", "/messages", post_messages),
     route("GET", "/messages", list_messages),
     route("GET", "/messages/{message_id}", get_message),
+    route("GET", "/conversations", list_conversations),
+    route("GET", "/conversations/{conversation_id}/messages", conversation_thread),
 ]
 
 

@@ -1,0 +1,59 @@
+"""A person's opt-out state per church, and its history: every change is kept with time and source.
+
+``opt_outs`` holds the current state (one row while opted out); ``opt_out_events`` is append-only:
+``opt_out``, ``opt_in`` and ``flagged`` (a reply that reads like an opt-out but is no keyword, for the
+church to review). Sources: ``keyword`` (the person texted it), ``carrier_40300`` (the carrier refused
+a send because the person is blocked; common/messages/store.py), ``api``, ``admin``.
+"""
+
+from __future__ import annotations
+
+from common.db.pool import Connection
+
+_OPT_OUT_SQL = """
+WITH changed AS (
+    INSERT INTO opt_outs (church_id, address, channel, source)
+    VALUES (CAST(:c AS uuid), :a, :channel, :source)
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+), logged AS (
+    INSERT INTO opt_out_events (church_id, address, channel, action, source, keyword)
+    VALUES (CAST(:c AS uuid), :a, :channel, 'opt_out', :source, :keyword)
+)
+SELECT count(*) FROM changed
+"""
+
+_OPT_IN_SQL = """
+WITH changed AS (
+    DELETE FROM opt_outs WHERE church_id = CAST(:c AS uuid) AND address = :a AND channel = :channel
+    RETURNING 1
+), logged AS (
+    INSERT INTO opt_out_events (church_id, address, channel, action, source, keyword)
+    VALUES (CAST(:c AS uuid), :a, :channel, 'opt_in', :source, :keyword)
+)
+SELECT count(*) FROM changed
+"""
+
+_FLAG_SQL = """
+INSERT INTO opt_out_events (church_id, address, channel, action, source, keyword)
+VALUES (CAST(:c AS uuid), :a, :channel, 'flagged', :source, :keyword)
+"""
+
+
+def opt_out(conn: Connection, church_id: str, address: str, *, source: str, keyword: str | None = None,
+            channel: str = "sms") -> bool:  # fmt: skip
+    """Record an opt-out (always logged); ``True`` if the person was opted in until now."""
+    rows = conn.run(_OPT_OUT_SQL, c=church_id, a=address, channel=channel, source=source, keyword=keyword)
+    return int(rows[0][0]) > 0
+
+
+def opt_in(conn: Connection, church_id: str, address: str, *, source: str, keyword: str | None = None,
+           channel: str = "sms") -> bool:  # fmt: skip
+    """Record an opt-in (always logged); ``True`` if the person was opted out until now."""
+    rows = conn.run(_OPT_IN_SQL, c=church_id, a=address, channel=channel, source=source, keyword=keyword)
+    return int(rows[0][0]) > 0
+
+
+def flag(conn: Connection, church_id: str, address: str, *, reason: str | None, channel: str = "sms") -> None:
+    """A reply that may mean "stop" without being a keyword: logged for the church to review."""
+    conn.run(_FLAG_SQL, c=church_id, a=address, channel=channel, source="reply", keyword=reason)

@@ -1,0 +1,95 @@
+"""``POST /webhooks/telnyx``: verify, de-duplicate, apply, answer 2xx, all well inside Telnyx's 2 s.
+
+1. The signature is checked on the raw bytes before anything is parsed (common/webhooks/signature.py);
+   nothing is stored for a request that fails it.
+2. One transaction: the event id goes into ``webhook_events`` (a duplicate ``data.id`` stops here and
+   answers 200, changing nothing), then the event is applied: a delivery receipt moves its message
+   forward (common/messages/receipts.py), an inbound text lands in its conversation with its keyword
+   handled (common/conversations/inbound.py).
+3. After COMMIT a keyword reply is handed to Redis; if Redis is off or down it stays ``queued`` in
+   PostgreSQL, where the retry-scheduler's reconcile (or its inline mode) picks it up.
+
+A failure inside 2 rolls everything back and answers 5xx, so Telnyx delivers the event again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from common.api_errors import ApiError, BadRequest, PayloadTooLarge
+from common.conversations.inbound import InboundResult, record_inbound
+from common.db.pool import Connection
+from common.ids import uuid7
+from common.messages import receipts
+from common.runtime import Runtime
+from common.send.submit import enqueue_accepted
+from common.web import Reply
+from common.webhooks.events import Event, Inbound, Other, Receipt, parse_event
+from common.webhooks.signature import SignatureRejected, verify
+
+logger = logging.getLogger("koinonia.webhooks")
+
+max_webhook_bytes = 256 * 1024  # a Telnyx event is a few KB; an MMS with ten media descriptions well under this
+
+
+class _Rejected(ApiError):
+    def __init__(self, exc: SignatureRejected) -> None:
+        super().__init__(exc.code, exc.message)
+        self.status = exc.status
+
+
+def handle(rt: Runtime, headers: Mapping[str, str], body: bytes) -> Reply:
+    if len(body) > max_webhook_bytes:
+        raise PayloadTooLarge("payload_too_large", f"a webhook body is at most {max_webhook_bytes:,} bytes")
+    try:
+        verify(headers, body, rt.settings.telnyx_public_key)
+    except SignatureRejected as exc:
+        logger.warning("webhook refused", extra={"fields": {"code": exc.code, "status": exc.status}})
+        raise _Rejected(exc) from None
+    try:
+        payload: Any = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BadRequest("invalid_json", "the webhook body is not valid JSON") from None
+    event = parse_event(payload)
+    if event is None:
+        return Reply({"result": "ignored"})
+    result = _apply(rt, event)
+    if isinstance(result, InboundResult) and result.reply is not None and not enqueue_accepted(rt, result.reply):
+        logger.info("keyword reply left for the retry-scheduler (queues off or Redis down)")
+    return Reply({"result": "applied" if result is not None else "duplicate", "event_id": event.event_id})
+
+
+def _apply(rt: Runtime, event: Event) -> InboundResult | bool | None:
+    """Apply once; ``None`` for a duplicate event."""
+    with rt.pool.transaction() as conn:
+        if isinstance(event, Receipt):
+            receipts.lock_message(conn, event.message_id)
+        if not _first_delivery(conn, event):
+            return None
+        if isinstance(event, Receipt):
+            if receipts.record(conn, event):
+                receipts.apply_one(conn, event.provider_message_id)
+            return True
+        if isinstance(event, Inbound):
+            inbound = record_inbound(conn, event, new_id=uuid7)
+            logger.info(
+                "inbound text",
+                extra={"fields": {"known_number": inbound.church_id is not None, "keyword": inbound.kind,
+                                  "flagged": inbound.flagged, "changed": inbound.changed}},
+            )  # fmt: skip
+            return inbound
+        assert isinstance(event, Other)
+        return True
+
+
+def _first_delivery(conn: Connection, event: Event) -> bool:
+    event_type = event.event_type if isinstance(event, Receipt | Other) else "message.received"
+    rows = conn.run(
+        "INSERT INTO webhook_events (event_id, event_type, occurred_at) VALUES (:id, :type, :at)"
+        " ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
+        id=event.event_id, type=event_type, at=event.occurred_at,
+    )  # fmt: skip
+    return bool(rows)
