@@ -82,6 +82,9 @@ def test_receipts_move_a_message_to_delivered_with_carrier_and_cost(send, tenant
     assert row["status"] == "delivered"
     assert row["carrier"] == "T-MOBILE USA, INC." and str(row["cost_amount"]) == "0.00400"
     assert row["finalized_at"] is not None
+    shown = send.get(f"/messages/{mid}", headers=tenant.auth).get_json()
+    assert (shown["status"], shown["carrier"], shown["cost"]) == (
+        "delivered", "T-MOBILE USA, INC.", {"amount": "0.00400", "currency": "USD"})
 
 
 def test_a_duplicate_event_changes_nothing(send, tenant, pool, hooks):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from uuid import UUID
 
 from common.db.pool import Pool
@@ -24,7 +25,8 @@ from common.db.pool import Pool
 # The columns a list shows; body and error detail are there, the carrier bookkeeping is not.
 _LIST_COLUMNS = """
     id, church_id, broadcast_id, channel, lane, to_address, from_address, subject, body, segments,
-    status, attempts, last_error_code, created_at, sent_at, finalized_at
+    status, attempts, last_error_code, created_at, sent_at, finalized_at, next_attempt_at, carrier,
+    cost_amount, cost_currency
 """
 
 LIST_FIRST_PAGE_SQL = f"""
@@ -94,6 +96,10 @@ class MessageRow:
     created_at: datetime
     sent_at: datetime | None
     finalized_at: datetime | None
+    next_attempt_at: datetime | None  # while scheduled (send_at, quiet hours) or waiting to retry
+    carrier: str | None  # the recipient's carrier, from the delivery receipt
+    cost_amount: Decimal | None
+    cost_currency: str | None
 
     @property
     def cursor(self) -> tuple[datetime, UUID]:

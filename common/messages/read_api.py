@@ -33,6 +33,9 @@ def message_json(row: MessageRow) -> dict[str, Any]:
         "created_at": row.created_at.isoformat(),
         "sent_at": row.sent_at.isoformat() if row.sent_at else None,
         "finalized_at": row.finalized_at.isoformat() if row.finalized_at else None,
+        "next_attempt_at": row.next_attempt_at.isoformat() if row.next_attempt_at else None,
+        "carrier": row.carrier,
+        "cost": {"amount": str(row.cost_amount), "currency": row.cost_currency} if row.cost_amount is not None else None,
     }
 
 
