@@ -1117,11 +1117,11 @@ def write_section(section: str) -> None:
 
 def write_json(summary: dict[str, Any]) -> None:
     """This benchmark's keys are rewritten (no figure outlives its run); other benchmarks' keys
-    (``chaos``) are kept."""
+    (``chaos``, ``webhooks``, ...) are kept."""
     kept = {}
     if RESULTS_JSON.exists():
         try:
-            kept = {k: v for k, v in json.loads(RESULTS_JSON.read_text()).items() if k == "chaos"}
+            kept = {k: v for k, v in json.loads(RESULTS_JSON.read_text()).items() if k not in summary}
         except json.JSONDecodeError:
             kept = {}
     RESULTS_JSON.write_text(json.dumps({**summary, **kept}, indent=2) + "\n")
