@@ -10,7 +10,8 @@ Cloud schedules tick once a minute, so one invocation loops for its budget and m
    hold, so after a Redis restart that lost everything, every pending message comes back;
 4. when Redis is disabled or down: sends due messages inline from PostgreSQL, claiming them first;
 5. first of all, applies delivery receipts that arrived before their message was ready for them
-   (common/messages/receipts.py), so a receipt is never left behind.
+   (common/messages/receipts.py), so a receipt is never left behind; every ``prune_interval_s`` it
+   deletes webhook event ids and receipts older than a week.
 
 Several instances at once are safe without a lock: promote and reclaim are atomic scripts, enqueue is
 idempotent (an id is held once), and inline sends go through the claim fence.
@@ -41,6 +42,7 @@ logger = logging.getLogger("koinonia.scheduler")
 
 pass_interval_s = 0.25
 reconcile_interval_s = 5.0
+prune_interval_s = 600.0  # webhook bookkeeping older than a week is deleted, a batch at a time
 reconcile_page = 2000
 # A row accepted this recently may still be on its way to Redis from `send`: leave it to `send`.
 reconcile_grace_s = 2.0
@@ -85,6 +87,7 @@ class SchedulerReport:
     inline_sent: int = 0
     inline_other: int = 0
     receipts_applied: int = 0
+    webhook_rows_pruned: int = 0
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -97,6 +100,7 @@ class Scheduler:
     report: SchedulerReport = field(default_factory=SchedulerReport)
     _cursor: tuple[datetime, str] = (_EPOCH, _NIL)
     _last_reconcile: float = float("-inf")
+    _last_prune: float = float("-inf")
 
     def run(self, budget_s: float, stop: threading.Event | None = None) -> SchedulerReport:
         started = time.monotonic()
@@ -119,6 +123,9 @@ class Scheduler:
         rt = self.rt
         # Delivery receipts that arrived before their message was ready for them (or without our id).
         self.report.receipts_applied += receipts.apply_pending(rt.pool)
+        if time.monotonic() - self._last_prune >= prune_interval_s:
+            self._last_prune = time.monotonic()
+            self.report.webhook_rows_pruned += receipts.prune(rt.pool)
         if rt.settings.enable_queues:
             try:
                 self.report.promoted += rt.redis.call(lambda _c: rt.queue.promote_due(limit=5000))

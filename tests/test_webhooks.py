@@ -237,3 +237,14 @@ def test_a_malformed_but_signed_event_is_400(signer, env):
     body = json.dumps({"data": {"event_type": "message.finalized", "id": "e1", "payload": {"id": "p"}}}).encode()
     answer = client.post("/webhooks/telnyx", data=body, headers=signer.headers(body))
     assert answer.status_code == 400 and answer.get_json()["error"]["field"] == "data.payload.to"
+
+
+def test_webhook_bookkeeping_older_than_a_week_is_pruned(send, tenant, pool, hooks):
+    mid, pid = sent_message(send, tenant, pool)
+    hooks(envelope("message.finalized", outbound_payload(pid, mid, "delivered")))
+    text_from(hooks, tenant, tenant.members[0], "Amen")
+    assert receipts.prune(pool) == 0  # all fresh
+    pool.run("UPDATE webhook_events SET received_at = now() - interval '8 days'")
+    pool.run("UPDATE carrier_receipts SET received_at = now() - interval '8 days'")
+    assert receipts.prune(pool) == 3  # two event ids and the receipt
+    assert pool.run("SELECT status FROM messages WHERE id = CAST(:id AS uuid)", id=mid) == [["delivered"]]

@@ -119,5 +119,28 @@ def apply_pending(pool: Pool, *, limit: int = 1000) -> int:
     return _moved(pool.run(APPLY_PENDING_SQL, limit=limit))
 
 
+_PRUNE_EVENTS_SQL = """
+DELETE FROM webhook_events WHERE event_id IN (
+    SELECT event_id FROM webhook_events WHERE received_at < now() - CAST(:keep_s AS double precision) * interval '1 second'
+    LIMIT :batch)
+"""
+# A receipt still unapplied after this long has no message to apply to (deleted, or not ours).
+_PRUNE_RECEIPTS_SQL = """
+DELETE FROM carrier_receipts WHERE provider_message_id IN (
+    SELECT provider_message_id FROM carrier_receipts
+    WHERE received_at < now() - CAST(:keep_s AS double precision) * interval '1 second'
+    LIMIT :batch)
+"""
+
+keep_events_s = 7 * 86400  # Telnyx redelivers for hours at most; a week is ample for de-duplication
+
+
+def prune(pool: Pool, *, keep_s: float = keep_events_s, batch: int = 5000) -> int:
+    """Delete webhook event ids and receipts older than ``keep_s`` (one bounded batch of each)."""
+    events = pool.run(_PRUNE_EVENTS_SQL + " RETURNING 1", keep_s=keep_s, batch=batch)
+    gone = pool.run(_PRUNE_RECEIPTS_SQL + " RETURNING 1", keep_s=keep_s, batch=batch)
+    return len(events) + len(gone)
+
+
 def _moved(rows: list[list[object]]) -> int:
     return int(rows[0][0]) if rows else 0  # type: ignore[call-overload]

@@ -65,11 +65,10 @@ def handle(rt: Runtime, headers: Mapping[str, str], body: bytes) -> Reply:
 def _apply(rt: Runtime, event: Event) -> InboundResult | bool | None:
     """Apply once; ``None`` for a duplicate event."""
     with rt.pool.transaction() as conn:
-        if isinstance(event, Receipt):
-            receipts.lock_message(conn, event.message_id)
         if not _first_delivery(conn, event):
             return None
         if isinstance(event, Receipt):
+            receipts.lock_message(conn, event.message_id)
             if receipts.record(conn, event):
                 receipts.apply_one(conn, event.provider_message_id)
             return True
