@@ -86,7 +86,7 @@ class Run:
 
 class SandboxProcess:
     def __init__(self, latency_ms: float) -> None:
-        cmd = [sys.executable, "-m", "infra.telnyx_sandbox", "--host", "127.0.0.1", "--port", "0"]
+        cmd = [sys.executable, "-m", "infra.telnyx_sandbox", "--host", "127.0.0.1", "--port", "0", "--no-webhooks"]
         cmd += ["--latency-ms", str(latency_ms)]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None

@@ -162,7 +162,7 @@ def stop_child(proc: subprocess.Popen[Any] | None, sig: int = signal.SIGTERM) ->
 
 class SandboxProcess:
     def __init__(self) -> None:
-        cmd = [sys.executable, "-m", "infra.telnyx_sandbox", "--host", "127.0.0.1", "--port", "0"]
+        cmd = [sys.executable, "-m", "infra.telnyx_sandbox", "--host", "127.0.0.1", "--port", "0", "--no-webhooks"]
         cmd += ["--rate-5xx", str(SANDBOX["rate_5xx"]), "--rate-429", str(SANDBOX["rate_429"])]
         cmd += ["--rate-timeout", str(SANDBOX["rate_timeout"]), "--timeout-hold-s", str(SANDBOX["timeout_hold_s"])]
         cmd += ["--latency-ms", str(SANDBOX["latency_ms"]), "--jitter-ms", str(SANDBOX["jitter_ms"])]

@@ -65,6 +65,7 @@ class SandboxProcess:
             "127.0.0.1",
             "--port",
             "0",
+            "--no-webhooks",
             "--latency-ms",
             str(latency_ms),
         ]

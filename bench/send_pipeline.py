@@ -298,7 +298,7 @@ class Sandbox:
     """The Telnyx sandbox CLI in its own process."""
 
     def __init__(self, latency_ms: float) -> None:
-        cmd = [sys.executable, "-m", "infra.telnyx_sandbox", "--host", "127.0.0.1", "--port", "0"]
+        cmd = [sys.executable, "-m", "infra.telnyx_sandbox", "--host", "127.0.0.1", "--port", "0", "--no-webhooks"]
         cmd += ["--latency-ms", f"{latency_ms:g}"]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
         assert self.proc.stdout is not None

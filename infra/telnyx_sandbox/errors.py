@@ -9,9 +9,42 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-__all__ = ["ApiError"]
+__all__ = ["DEFAULT_DELIVERY_ERRORS", "DELIVERY_ERRORS", "ApiError", "delivery_error"]
 
 _DOCS_URL = "https://developers.telnyx.com/docs/overview/errors/"
+
+# 400xx delivery errors: asynchronous, carried in ``message.finalized`` ``payload.errors[]``
+# (telnyx.md section 2, "Messaging error codes"). Titles paraphrase that table.
+DELIVERY_ERRORS: dict[str, tuple[str, str]] = {
+    "40001": ("Not routable", "The destination number is not routable (for example a landline)."),
+    "40002": ("Blocked as spam (temporary)", "The message was temporarily blocked as spam by the carrier."),
+    "40003": ("Blocked as spam (permanent)", "The message was permanently blocked as spam by the carrier."),
+    "40004": ("Rejected by destination", "The destination carrier rejected the message."),
+    "40005": ("Message expired during transmission", "The message expired while in transit."),
+    "40006": ("Recipient carrier unavailable", "The recipient's carrier was unavailable."),
+    "40008": ("Undeliverable", "The message could not be delivered to the recipient."),
+    "40009": ("Invalid message body", "The message body was rejected as invalid."),
+    "40011": ("Too many messages", "The upstream carrier rate limit was exceeded."),
+    "40012": ("Invalid destination number", "The destination number is unowned or deactivated."),
+    "40013": ("Invalid source number", "The source number is not valid for this destination."),
+    "40014": ("Message expired in queue", "The message expired before it left the queue; it is not billed."),
+    "40015": ("Blocked by spam filter", "The message was blocked by Telnyx's spam filter."),
+}
+
+# The code a final status carries when the ``dlr:`` rule names none. Our choice (*ours*):
+# delivery_failed -> 40008 "Undeliverable" (generic carrier-side failure), sending_failed -> 40006
+# "Recipient carrier unavailable" (never handed to the carrier), expired -> 40014 "Expired in queue".
+DEFAULT_DELIVERY_ERRORS: dict[str, str] = {
+    "delivery_failed": "40008",
+    "sending_failed": "40006",
+    "expired": "40014",
+}
+
+
+def delivery_error(code: str) -> dict[str, object]:
+    """One Telnyx error object for a delivery webhook's ``errors[]``."""
+    title, detail = DELIVERY_ERRORS[code]
+    return {"code": code, "title": title, "detail": detail, "meta": {"url": _DOCS_URL + code}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +99,21 @@ class ApiError:
     @classmethod
     def too_many_requests(cls) -> ApiError:
         return cls(429, "10011", "Too many requests", "You have exceeded the maximum number of allowed requests.")
+
+    @classmethod
+    def invalid_number(cls, name: str) -> ApiError:
+        return cls(
+            400,
+            "10016",
+            "Invalid phone number",
+            f"The '{name}' parameter must be a phone number in +E.164 format.",
+            f"/{name}",
+        )
+
+    @classmethod
+    def not_configured(cls, detail: str) -> ApiError:
+        """A sandbox control request the current configuration cannot serve (sandbox-only)."""
+        return cls(409, "10015", "Sandbox not configured", detail)
 
     @classmethod
     def body_too_large(cls, limit: int) -> ApiError:

@@ -9,6 +9,10 @@ The fingerprint is (from, to, text, media_urls, webhook_url). The sending system
 message id into ``webhook_url``, so two accepted messages with one fingerprint are a real duplicate,
 not two intended sends of the same text.
 
+It also counts webhook deliveries (``webhook_summary()``, the ``webhooks`` section of
+``GET /_sandbox/ledger``), inbound messages and the STOP/START/HELP auto-replies the sandbox
+would have sent (``autoresponses``).
+
 All methods are thread-safe: the server records from its event-loop thread while tests read from
 theirs.
 """
@@ -74,6 +78,18 @@ class Ledger:
         self._unanswered: Counter[str] = Counter()
         self._by_outcome: Counter[str] = Counter()
         self._attempts = 0
+        # Webhooks, inbound, auto-replies.
+        self._wh_events: Counter[str] = Counter()
+        self._wh_final: Counter[str] = Counter()
+        self._wh_attempts = 0
+        self._wh_succeeded = 0
+        self._wh_failures: Counter[str] = Counter()
+        self._wh_duplicates = 0
+        self._wh_reordered = 0
+        self._wh_undelivered = 0
+        self._wh_dropped = 0
+        self._inbound = 0
+        self._autoresponses: Counter[str] = Counter()
 
     def clear(self) -> None:
         with self._lock:
@@ -121,6 +137,47 @@ class Ledger:
             self._by_outcome[outcome] += 1
             return entry
 
+    def record_webhook_event(self, event_type: str, final_status: str | None = None) -> None:
+        """An event whose delivery starts (counted once, not per attempt or duplicate)."""
+        with self._lock:
+            self._wh_events[event_type] += 1
+            if final_status is not None:
+                self._wh_final[final_status] += 1
+
+    def record_webhook_attempt(self, failure: str | None) -> None:
+        """One delivery attempt: ``failure`` is None for a 2xx, else the answer's status code
+        (``"500"``) or the error kind (``timeout``, ``connect_error``, ``injected`` ...)."""
+        with self._lock:
+            self._wh_attempts += 1
+            if failure is None:
+                self._wh_succeeded += 1
+            else:
+                self._wh_failures[failure] += 1
+
+    def record_webhook_duplicate(self) -> None:
+        with self._lock:
+            self._wh_duplicates += 1
+
+    def record_webhook_reordered(self) -> None:
+        with self._lock:
+            self._wh_reordered += 1
+
+    def record_webhook_undelivered(self) -> None:
+        """A delivery that failed on every attempt at every URL."""
+        with self._lock:
+            self._wh_undelivered += 1
+
+    def record_webhook_dropped(self) -> None:
+        """A message or inbound event not scheduled because too many were pending."""
+        with self._lock:
+            self._wh_dropped += 1
+
+    def record_inbound(self, autoresponse: str | None) -> None:
+        with self._lock:
+            self._inbound += 1
+            if autoresponse is not None:
+                self._autoresponses[autoresponse] += 1
+
     # Reading ---------------------------------------------------------------------------------
 
     def message_body(self, message_id: str) -> bytes | None:
@@ -164,6 +221,35 @@ class Ledger:
         with self._lock:
             return dict(self._unanswered)
 
+    @property
+    def inbound(self) -> int:
+        with self._lock:
+            return self._inbound
+
+    def autoresponses(self) -> dict[str, int]:
+        """Auto-replies by type (``STOP``, ``START``, ``HELP``)."""
+        with self._lock:
+            return dict(self._autoresponses)
+
+    def webhook_summary(self) -> dict[str, Any]:
+        """JSON-ready webhook counts (the ``webhooks`` section of ``GET /_sandbox/ledger``)."""
+        with self._lock:
+            return self._webhook_summary()
+
+    def _webhook_summary(self) -> dict[str, Any]:
+        return {
+            "events": dict(sorted(self._wh_events.items())),
+            "final_status": dict(sorted(self._wh_final.items())),
+            "attempts": self._wh_attempts,
+            "succeeded": self._wh_succeeded,
+            "failed": self._wh_attempts - self._wh_succeeded,
+            "failures": dict(sorted(self._wh_failures.items())),
+            "duplicates": self._wh_duplicates,
+            "reordered": self._wh_reordered,
+            "undelivered": self._wh_undelivered,
+            "dropped": self._wh_dropped,
+        }
+
     def entries(self) -> list[LedgerEntry]:
         with self._lock:
             return list(self._entries)
@@ -181,6 +267,9 @@ class Ledger:
                 "by_code": dict(sorted(self._by_code.items())),
                 "unanswered": dict(sorted(self._unanswered.items())),
                 "by_outcome": dict(sorted(self._by_outcome.items())),
+                "webhooks": self._webhook_summary(),
+                "inbound": self._inbound,
+                "autoresponses": dict(sorted(self._autoresponses.items())),
             }
             if include_entries:
                 out["entries"] = [e.to_dict() for e in self._entries]

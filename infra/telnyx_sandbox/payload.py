@@ -15,7 +15,7 @@ from typing import Any
 
 from .validation import SendRequest
 
-__all__ = ["VALIDITY", "build_payload", "format_timestamp"]
+__all__ = ["VALIDITY", "build_payload", "costs", "format_timestamp", "status_payload"]
 
 VALIDITY = timedelta(hours=1)
 FROM_CARRIER = "Telnyx"
@@ -29,7 +29,7 @@ def format_timestamp(moment: datetime) -> str:
 
 
 @lru_cache(maxsize=256)
-def _costs(cost_per_part_usd: str, parts: int) -> tuple[str, str, str]:
+def costs(cost_per_part_usd: str, parts: int) -> tuple[str, str, str]:
     """(cost.amount, rate.amount, carrier_fee.amount) for ``parts`` parts."""
     rate = Decimal(cost_per_part_usd) * parts
     return f"{rate:.4f}", f"{rate:.5f}", "0.00000"
@@ -46,7 +46,7 @@ def build_payload(
 ) -> dict[str, Any]:
     received = received_at or datetime.now(UTC)
     seg = request.segmentation
-    cost, rate, carrier_fee = _costs(cost_per_part_usd, seg.parts)
+    cost, rate, carrier_fee = costs(cost_per_part_usd, seg.parts)
     return {
         "record_type": "message",
         "direction": "outbound",
@@ -82,3 +82,21 @@ def build_payload(
         "smart_encoding_applied": False,
         "wait_seconds": 0.0,
     }
+
+
+def status_payload(
+    payload: dict[str, Any],
+    *,
+    status: str,
+    sent_at: str | None,
+    completed_at: str | None,
+    errors: list[dict[str, object]],
+) -> dict[str, Any]:
+    """The send answer's message object as a delivery webhook carries it: same id, cost and
+    carrier, ``to[0].status`` = ``status``, and the given timestamps and ``errors[]``."""
+    out = dict(payload)
+    out["to"] = [{**payload["to"][0], "status": status}]
+    out["sent_at"] = sent_at
+    out["completed_at"] = completed_at
+    out["errors"] = errors
+    return out

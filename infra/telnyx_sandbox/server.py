@@ -55,9 +55,10 @@ class SandboxServer:
         return f"http://{host}:{self.port}"
 
     async def close(self) -> None:
-        """Stop listening, drop open connections, cancel latency/hold timers."""
+        """Stop listening, drop open connections, cancel latency/hold timers and pending webhooks."""
         self._server.close()
         await self._tracker.close_all()
+        await self.app.aclose()
         await self._server.wait_closed()
 
 
@@ -172,8 +173,28 @@ class Sandbox:
         return self.app.configure(changes)
 
     def reset(self) -> None:
-        """Startup config, empty ledger, reseeded RNG."""
+        """Startup config, empty ledger, reseeded RNG, no pending webhooks, empty block list."""
         self.app.reset()
+
+    @property
+    def webhook_public_key(self) -> str:
+        """base64 of the raw Ed25519 public key that verifies this sandbox's webhooks."""
+        return self.app.webhook_public_key
+
+    def wait_webhooks_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until every webhook delivery scheduled so far is done; False on timeout."""
+        return self.app.wait_webhooks_idle(timeout)
+
+    def block(self, from_: str, to: str) -> bool:
+        """Block ``to`` on the messaging profile of church number ``from_`` (as a STOP would)."""
+        return self.app.block(from_, to)
+
+    def unblock(self, from_: str, to: str) -> bool:
+        return self.app.unblock(from_, to)
+
+    def blocks(self) -> list[dict[str, str]]:
+        """``[{"profile": ..., "number": ...}]``."""
+        return self.app.blocks.to_list()
 
     def _require_server(self) -> SandboxServer:
         if self._server is None:
