@@ -39,13 +39,14 @@ from typing import IO
 from urllib.parse import urlsplit
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dotenv import dotenv_values
 
 from common import constants
 from common.config import ConfigurationError, load_settings
 from common.db.migrate import MigrationError, migrate
 from common.db.pool import DatabaseUnavailable, Pool
-from common.seed import DemoChurch, seed_demo
+from common.seed import DEMO_MEMBERS, DemoChurch, seed_demo
 from infra.embedded import EmbeddedServiceError, PostgresProcess, RedisProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +65,7 @@ SCHEDULE_PATH = "/events"
 
 # Port layout: sandbox on base, these functions on base+1, base+2, ... (so health is always base+1),
 # any other function after them in name order, embedded Redis on base+90.
-FUNCTION_ORDER: tuple[str, ...] = ("health", "send", "queue-consume", "retry-scheduler", "dlq-drain")
+FUNCTION_ORDER: tuple[str, ...] = ("health", "send", "queue-consume", "retry-scheduler", "dlq-drain", "webhooks")
 REDIS_PORT_OFFSET = 90
 
 start_timeout_s = 60.0  # per service: sandbox line, every function answering
@@ -347,6 +348,8 @@ class DevStack:
         self.scheduler_log: IO[str] | None = None
         self.env: dict[str, str] = {}
         self.demo: DemoChurch | None = None
+        self.ports: dict[str, int] = {}
+        self.sandbox_signing_key: str | None = None
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -362,6 +365,7 @@ class DevStack:
         scale = schedule_scale()
         # Every port is checked before anything starts, so a clash fails in a second, not after PostgreSQL.
         ports = function_ports(names, self.base_port)
+        self.ports = ports
         _require_free(self.base_port, "the Telnyx sandbox")
         for name in names:
             _require_free(ports[name], f"function {name}")
@@ -439,6 +443,14 @@ class DevStack:
             _say("telnyx: using TELNYX_BASE_URL (the sandbox still starts, unused by the functions)")
         else:
             env[constants.TELNYX_BASE_URL_ENV] = f"http://127.0.0.1:{self.base_port}/v2"
+            # The sandbox signs its webhooks with a key made for this run; the webhooks function checks
+            # them with its public half, exactly as with Telnyx's account key.
+            signing = Ed25519PrivateKey.generate()
+            self.sandbox_signing_key = base64.b64encode(signing.private_bytes_raw()).decode()
+            if not configured.get(constants.TELNYX_PUBLIC_KEY_ENV):
+                env[constants.TELNYX_PUBLIC_KEY_ENV] = base64.b64encode(signing.public_key().public_bytes_raw()).decode()
+        if "webhooks" in self.ports and not configured.get(constants.TELNYX_WEBHOOK_URL_ENV):
+            env[constants.TELNYX_WEBHOOK_URL_ENV] = f"http://127.0.0.1:{self.ports['webhooks']}/webhooks/telnyx"
         env[constants.APP_ENV_ENV] = "development"
         self.env = env
 
@@ -485,14 +497,18 @@ class DevStack:
         log_path = self.logs / "telnyx-sandbox.log"
         log_file = log_path.open("wb")
         command = [sys.executable, "-m", "infra.telnyx_sandbox", "--host", "127.0.0.1", "--port", str(self.base_port)]
-        api_key = self.env[constants.TELNYX_API_KEY_ENV]
-        if api_key != SANDBOX_API_KEY:
-            # The sandbox accepts the key the functions send; a file, so the key stays out of `ps`.
-            config_path = self.home / "telnyx-sandbox.json"
-            fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump({"api_key": api_key}, handle)
-            command += ["--config", str(config_path)]
+        # The key the functions send, the webhook signing key and where members' texts go: a file, so
+        # the secrets stay out of `ps`.
+        config: dict[str, str] = {"api_key": self.env[constants.TELNYX_API_KEY_ENV]}
+        if self.sandbox_signing_key:
+            config["webhook_signing_key"] = self.sandbox_signing_key
+        if self.env.get(constants.TELNYX_WEBHOOK_URL_ENV):
+            config["inbound_webhook_url"] = self.env[constants.TELNYX_WEBHOOK_URL_ENV]
+        config_path = self.home / "telnyx-sandbox.json"
+        fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(config, handle)
+        command += ["--config", str(config_path)]
         process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
@@ -655,6 +671,12 @@ class DevStack:
                 f"  try: curl -s -X POST {send.url}/messages -H 'Authorization: Bearer {self.demo.api_key}'"
                 f" -H 'Content-Type: application/json' -d '{body}'"
             )
+        if send is not None:
+            _say(f"  then: curl -s '{send.url}/messages?limit=5' -H 'Authorization: Bearer {self.demo.api_key}'"
+                 "   (queued -> sent -> delivered, by the sandbox's webhooks)")  # fmt: skip
+        if self.sandbox is not None and "webhooks" in self.ports:
+            stop = json.dumps({"from": DEMO_MEMBERS[0][2], "to": self.demo.sender, "text": "STOP"})
+            _say(f"  a member texts STOP: curl -s -X POST {self.sandbox.url}/_sandbox/inbound -d '{stop}'")
         if health is not None:
             _say(f"  then: curl -s {health.url}/health/detailed")
         _say(READY_LINE)

@@ -222,6 +222,46 @@ def _check_health(run: DevRun) -> dict:
     return body
 
 
+def _until(condition, what: str, timeout_s: float = 30.0):
+    """Poll an observable condition (the stack runs in other processes) until it holds or time is up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _check_the_carrier_loop(run: DevRun, sandbox: str, api_key: str) -> None:
+    """send → consumer → sandbox → signed webhook → webhooks function → delivered; then a member's STOP."""
+    send_url = run.banner_value(r"try: curl -s -X POST (http://127\.0\.0\.1:\d+)/messages")
+    stop_cmd = run.banner_value(r"a member texts STOP: curl -s -X POST (\S+/_sandbox/inbound -d .*)$")
+    member = json.loads(stop_cmd.split(" -d ", 1)[1].strip("'"))["from"]
+    auth = {"Authorization": f"Bearer {api_key}"}
+    # One recipient: a conversational text, never held for quiet hours whatever the hour of the run.
+    answer = httpx.post(f"{send_url}/messages", json={"channel": "sms", "to": member, "text": "See you Sunday"},
+                        headers=auth, timeout=10)  # fmt: skip
+    assert answer.status_code == 202, answer.text
+    message_id = answer.json()["recipients"][0]["message_id"]
+
+    def delivered() -> bool:
+        return httpx.get(f"{send_url}/messages/{message_id}", headers=auth, timeout=10).json()["status"] == "delivered"
+
+    _until(delivered, "the sandbox's delivery receipt to reach the webhooks function")
+    stop = httpx.post(f"{sandbox}/_sandbox/inbound", json={"from": member, "to": json.loads(
+        stop_cmd.split(" -d ", 1)[1].strip("'"))["to"], "text": "STOP"}, timeout=10)  # fmt: skip
+    assert stop.status_code == 200, stop.text
+
+    def refused() -> bool:
+        again = httpx.post(f"{send_url}/messages", json={"channel": "sms", "to": member, "text": "Still there?"},
+                           headers=auth, timeout=10)  # fmt: skip
+        return again.status_code == 422 and again.json()["error"]["code"] == "recipients_opted_out"
+
+    _until(refused, "the member's STOP to opt them out")
+
+
 def _stop_and_check_nothing_left(run: DevRun) -> None:
     started = run.started_processes()
     names = {proc.name() for proc in started}
@@ -253,6 +293,7 @@ def test_dev_starts_everything_from_nothing_and_ctrl_c_leaves_no_process(tmp_pat
     assert httpx.get(f"{sandbox}/_sandbox/health", timeout=10).status_code == 200
     api_key = run.banner_value(r"demo API key\s+(\S+)")
     assert len(api_key) > 20
+    _check_the_carrier_loop(run, sandbox, api_key)
 
     # The data stays in the home; the generated key is kept, and never printed or logged.
     assert (home / "pgdata" / "PG_VERSION").exists()
