@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from common.compliance.quiet_hours import SendWindow, next_opening, zone
-
 from common.api_errors import Conflict, Unprocessable
+from common.compliance.quiet_hours import SendWindow, next_opening, zone
 from common.db.pool import Connection, Pool
 from common.ids import uuid7
 from common.messages import store
