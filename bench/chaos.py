@@ -312,6 +312,9 @@ class Run:
             "TELNYX_BASE_URL": f"{self.sandbox.url}/v2",
             "TELNYX_WEBHOOK_URL": WEBHOOK_URL,
             "ACCOUNT_SMS_PER_SECOND": str(ACCOUNT_RATE),
+            # --messages may exceed the default 50,000 bulk recipients a church may send a day (issue #6);
+            # the church's plan comes from tests/factories.make_church (a large allowance).
+            "CHURCH_BULK_RECIPIENTS_LIMIT": "1000000000",
             "APP_ENV": "development",
             "LOG_LEVEL": "WARNING",
             "PYTHONUNBUFFERED": "1",

@@ -697,6 +697,11 @@ class Bench:
             "LEASE_S": "30",
             "REDIS_TIMEOUT_MS": "100",
             "WAKE_QUEUE_URL": "",
+            # Per-church limits (issue #6) stay on the measured path but far above what the bench sends
+            # (thousands of requests a minute, 180,000+ bulk recipients a run); the churches' plans come
+            # from tests/factories.make_church (an active subscription with a large allowance).
+            "CHURCH_SEND_LIMIT": "100000000",
+            "CHURCH_BULK_RECIPIENTS_LIMIT": "1000000000",
         }
         self.a_numbers = Numbers("312")
         self.b_numbers = Numbers("646")

@@ -4,14 +4,16 @@ Every answer is ``{"error": {"code", "message", "field"?, "details"?}}``: a stab
 a sentence that says what to do, and the field at fault (JSON-pointer-ish: ``to[3]``, ``groups[0]``).
 
     ApiError (status, code)
-    ├── BadRequest            400 invalid_json, ...
+    ├── BadRequest            400 invalid_json, json_too_deep, duplicate_key, ...
     ├── Unauthorized          401 unauthorized, signature_missing
     ├── Forbidden             403 signature_mismatch, timestamp_out_of_tolerance
     ├── NotFound              404 not_found (also for another church's ids: nothing leaks)
     ├── Conflict              409 idempotency_conflict
     ├── PayloadTooLarge       413 payload_too_large
-    ├── Unprocessable         422 validation_failed, invalid_recipients, text_too_long, ...
+    ├── Unprocessable         422 validation_failed, invalid_string, invalid_recipients, text_too_long, ...
     └── ServiceUnavailable    503 database_unavailable
+
+Each function's ``GET /openapi.json`` lists, per route, every status and code it can answer (common/openapi.py).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@
     koinonia check          check configuration, PostgreSQL and Redis; exit 1 if anything is wrong
     koinonia consume        drain the queue through the carrier (``--forever``: the local worker)
     koinonia dlq            list, replay, purge, archive dead letters (operators)
+    koinonia keys           create, list, revoke a church's API keys (operators; a new key is printed once)
+    koinonia delete         erase a person from a church, or delete a whole church (operators)
     koinonia dev            run the whole local stack (embedded PostgreSQL/Redis when no URL is set)
 """
 
@@ -16,9 +18,11 @@ import sys
 from collections.abc import Sequence
 
 from common import constants
+from common.auth.cli import register as register_keys
 from common.config import ConfigurationError, load_settings
 from common.db.pool import DatabaseUnavailable, Pool
 from common.dead_letters.cli import register as register_dlq
+from common.privacy.cli import register as register_delete
 from common.redis_client import RedisGate, RedisUnavailable
 
 
@@ -119,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--max-seconds", type=float, default=50.0, help="budget of one round")
     consume.set_defaults(func=cmd_consume)
     register_dlq(sub)
+    register_keys(sub)
+    register_delete(sub)
     dev = sub.add_parser("dev", help="run the local stack (Ctrl-C stops everything)")
     dev.add_argument(
         "--home",

@@ -13,7 +13,7 @@ import functools
 import sys
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NoReturn
+from typing import Literal, NoReturn
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator
@@ -118,11 +118,25 @@ class Settings(BaseSettings):
     lease_s: float = Field(default=30.0, ge=1, le=3600, description="how long a claim is exclusive")
     telnyx_webhook_url: str | None = Field(default=None, description="our webhooks endpoint, sent with each message")
     operator_token: str | None = Field(default=None, min_length=32, description="operator credential (all churches)")
+    auth_cache_ttl_s: int = Field(default=60, ge=0, le=3600, description="seconds a verified API key stays cached (0: off)")
     dlq_retention_days: int = Field(default=30, ge=1, le=3650, description="dead letters older than this are archived")
     dlq_alert_threshold: int = Field(default=1000, ge=1, description="alert when this many dead letters wait")
     dlq_alert_growth: int = Field(default=100, ge=1, description="alert when this many arrived in the last hour")
     scheduler_budget_s: float = Field(default=50.0, gt=0, le=900, description="seconds one retry-scheduler run loops")
     wake_queue_url: str | None = Field(default=None, description="SQS queue that wakes queue-consume in the cloud")
+    # Rate limits and quotas (common/limits/, common/billing/quota.py)
+    trusted_proxy: Literal["none", "lambda", "x-forwarded-for"] = Field(
+        default="none", description="where the client address comes from: none (TCP peer), lambda, x-forwarded-for"
+    )
+    auth_fail_limit: int = Field(default=20, ge=1, description="failed authentications per address per period")
+    auth_fail_period_s: float = Field(default=300.0, gt=0, le=86_400, description="period of AUTH_FAIL_LIMIT (s)")
+    church_send_limit: int = Field(default=600, ge=1, description="send requests per church per period")
+    church_send_period_s: float = Field(default=60.0, gt=0, le=86_400, description="period of CHURCH_SEND_LIMIT (s)")
+    church_bulk_recipients_limit: int = Field(default=50_000, ge=1, description="bulk recipients per church per period")
+    church_bulk_recipients_period_s: float = Field(
+        default=86_400.0, gt=0, le=31 * 86_400, description="period of CHURCH_BULK_RECIPIENTS_LIMIT (s)"
+    )
+    quota_cache_ttl_s: float = Field(default=30.0, gt=0, le=3_600, description="how long a church's remaining quota is cached")
 
     @field_validator("database_url")
     @classmethod

@@ -27,9 +27,11 @@ from collections import defaultdict
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import pg8000.native
 import redis.asyncio
+from pydantic import ConfigDict, Field
 
 from common.carrier import CarrierResult, TelnyxClient
 from common.db.pool import DatabaseUnavailable, Pool
@@ -38,6 +40,7 @@ from common.delivery import decide, outbound
 from common.messages import store
 from common.messages.store import ClaimedMessage, Outcome
 from common.queue import AsyncMessageQueue, Lease
+from common.request_models import StrictModel
 from common.retry_policy import RetryPolicy, default_policy
 from common.runtime import Runtime, queue_config
 
@@ -58,6 +61,26 @@ class ConsumeBudget:
     max_messages: int = 100_000
     max_seconds: float = 50.0
     stop_when_idle: bool = False  # an invocation that should return as soon as the queue is empty
+
+
+class ConsumeRequest(StrictModel):
+    """``POST /`` on queue-consume: one budgeted drain (every field optional)."""
+
+    max_messages: int = Field(default=100_000, ge=1, le=10_000_000, description="stop after this many dequeued")
+    max_seconds: float = Field(default=50.0, gt=0, le=900, description="stop after this long (Lambda allows 900 s)")
+    stop_when_idle: bool = Field(default=True, description="return as soon as nothing is due within a second")
+
+    def budget(self) -> ConsumeBudget:
+        return ConsumeBudget(self.max_messages, self.max_seconds, self.stop_when_idle)
+
+
+class ConsumeEvent(ConsumeRequest):
+    """``POST /events``: the cloud's envelope (an SQS batch of wake-ups, or a scheduler event). The fields we
+    read are as strict as ``POST /``; the envelope's other fields are AWS's to add to, so they are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    Records: list[dict[str, Any]] | None = Field(default=None, description="SQS records (wake-ups; no work of their own)")
 
 
 @dataclass

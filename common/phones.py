@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 import phonenumbers
@@ -45,6 +46,9 @@ def normalize(raw: str, region: str = default_region) -> str:
         raise InvalidPhone("empty")
     if len(text) > 40:
         raise InvalidPhone("too long")
+    # The parser skips what it does not understand ("312555\x000142", "+1312\r\n5550142"): refuse instead.
+    if any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in text):
+        raise InvalidPhone("has a control character (a line break, a tab, NUL...)")
     try:
         number = phonenumbers.parse(text, region)
     except NumberParseException as exc:

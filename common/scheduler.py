@@ -30,12 +30,14 @@ from typing import Any
 
 import pg8000.native
 import redis
+from pydantic import ConfigDict, Field
 
 from common.db.pool import DatabaseUnavailable
 from common.inline import deliver_inline
 from common.messages import receipts
 from common.queue import QueueItem, SenderLimit
 from common.redis_client import RedisUnavailable
+from common.request_models import StrictModel
 from common.runtime import Runtime
 
 logger = logging.getLogger("koinonia.scheduler")
@@ -208,6 +210,19 @@ class Scheduler:
                     self.report.inline_sent += 1
                 else:
                     self.report.inline_other += 1
+
+
+class SchedulerRequest(StrictModel):
+    """``POST /`` on retry-scheduler: one run."""
+
+    budget_s: float | None = Field(default=None, gt=0, le=900, description="seconds to loop (default SCHEDULER_BUDGET_S)")
+
+
+class SchedulerEvent(SchedulerRequest):
+    """``POST /events``: the scheduler's event. ``budget_s`` is read as strictly as on ``POST /``; the envelope's
+    other fields (EventBridge's ``id``, ``time``, ``detail``..., the dev scheduler's ``source``) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
 
 
 def run_scheduler(rt: Runtime, budget_s: float) -> SchedulerReport:

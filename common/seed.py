@@ -54,6 +54,14 @@ def seed_demo(pool: Pool) -> DemoChurch:
                 church=church_id,
                 phone=DEMO_SENDER,
             )
+        # A demo period that has run out is renewed on the next start (sends need a current subscription).
+        current = conn.run(
+            "SELECT 1 FROM subscriptions WHERE church_id = :church AND status IN ('active', 'trialing')"
+            " AND period_start <= :now AND period_end > :now",
+            church=church_id,
+            now=now,
+        )
+        if not current:
             conn.run(
                 "INSERT INTO subscriptions (id, church_id, plan, status, segment_allowance, period_start, period_end)"
                 " VALUES (:id, :church, 'demo', 'active', 10000, :start, :end)",

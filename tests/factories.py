@@ -29,7 +29,15 @@ def make_church(
     sender: str = "+13125550100",
     sms_per_second: float = 1000.0,
     members: list[str] | None = None,
+    allowance: int | None = 1_000_000_000,
+    mms_weight: int = 3,
 ) -> Tenant:
+    """A church that can send: API key, default number, a "Members" group, and an active subscription.
+
+    Sends are refused without a current subscription (common/billing/quota.py), so every church gets one
+    covering now with ``allowance`` segments (large by default: quota is not what most tests are about);
+    ``allowance=None`` makes a church without one.
+    """
     church_id = str(uuid7())
     issued = issue_key()
     group_id = str(uuid7())
@@ -48,6 +56,13 @@ def make_church(
             "INSERT INTO groups (id, church_id, name) VALUES (CAST(:id AS uuid), CAST(:c AS uuid), 'Members')",
             id=group_id, c=church_id,
         )  # fmt: skip
+        if allowance is not None:
+            conn.run(
+                "INSERT INTO subscriptions (id, church_id, plan, status, segment_allowance, mms_weight, period_start,"
+                " period_end) VALUES (CAST(:id AS uuid), CAST(:c AS uuid), 'test', 'active', :a, :w,"
+                " now() - interval '1 day', now() + interval '30 days')",
+                id=str(uuid7()), c=church_id, a=allowance, w=mms_weight,
+            )  # fmt: skip
         for phone in members or []:
             contact = str(uuid7())
             conn.run(

@@ -21,3 +21,11 @@ def test_seed_creates_a_usable_demo_church_and_is_idempotent(pool):
     stored = pool.run("SELECT key_hash FROM api_keys")
     assert all(second.api_key.encode() not in bytes(row[0]) for row in stored)
     assert pool.run("SELECT count(*) FROM sender_numbers WHERE is_default")[0][0] == 1
+
+
+def test_a_demo_subscription_that_ran_out_is_renewed_on_the_next_seed(pool):
+    seed_demo(pool)
+    pool.run("UPDATE subscriptions SET period_start = now() - interval '60 days', period_end = now() - interval '30 days'")
+    seed_demo(pool)
+    current = pool.run("SELECT count(*) FROM subscriptions WHERE period_start <= now() AND period_end > now()")
+    assert current == [[1]]

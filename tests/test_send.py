@@ -218,3 +218,14 @@ def test_a_scheduled_send_waits_for_its_time(client, tenant, pool, sandbox):
     [entry] = sandbox.ledger.entries()
     assert datetime.fromisoformat(entry.received_at) >= send_at - timedelta(milliseconds=5)
     assert pool.run("SELECT status FROM messages") == [["sent"]]
+
+
+def test_an_mms_counts_as_one_message_whatever_its_text(client, tenant, pool):
+    """Media only, or a long text: one MMS, billed once (times the plan's MMS weight), never segmented."""
+    for text in ("", "x" * 2000):
+        answer = client.post("/messages", json={"channel": "mms", "to": "+13125550142", "text": text,
+                                                "media_urls": ["https://example.org/bulletin.jpg"]},
+                             headers=tenant.auth)  # fmt: skip
+        assert answer.status_code == 202, answer.get_json()
+        assert answer.get_json()["segments"] == 1
+    assert pool.run("SELECT segments FROM messages ORDER BY created_at") == [[1], [1]]

@@ -4,11 +4,18 @@
 ``opt_out``, ``opt_in`` and ``flagged`` (a reply that reads like an opt-out but is no keyword, for the
 church to review). Sources: ``keyword`` (the person texted it), ``carrier_40300`` (the carrier refused
 a send because the person is blocked; common/messages/store.py), ``api``, ``admin``.
+
+Every ``opt_out`` and ``opt_in`` event is audited (``opt_out.recorded`` / ``opt_in.recorded``, target
+``opt_out_event:<id>``, the source in the details, never the number) by a trigger on
+``opt_out_events`` (migration 0007), in the same transaction, whichever path writes the event. An
+opt-in also lifts an erasure suppression (common/privacy/suppression.py): a person erased while opted
+out who texts START wants the church's texts again.
 """
 
 from __future__ import annotations
 
 from common.db.pool import Connection
+from common.privacy import suppression
 
 _OPT_OUT_SQL = """
 WITH changed AS (
@@ -49,9 +56,10 @@ def opt_out(conn: Connection, church_id: str, address: str, *, source: str, keyw
 
 def opt_in(conn: Connection, church_id: str, address: str, *, source: str, keyword: str | None = None,
            channel: str = "sms") -> bool:  # fmt: skip
-    """Record an opt-in (always logged); ``True`` if the person was opted out until now."""
+    """Record an opt-in (always logged); ``True`` if the person was opted out (or erasure-suppressed) until now."""
     rows = conn.run(_OPT_IN_SQL, c=church_id, a=address, channel=channel, source=source, keyword=keyword)
-    return int(rows[0][0]) > 0
+    lifted = suppression.lift(conn, church_id, address, channel=channel)
+    return int(rows[0][0]) > 0 or lifted
 
 
 def flag(conn: Connection, church_id: str, address: str, *, reason: str | None, channel: str = "sms") -> None:

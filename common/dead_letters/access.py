@@ -8,13 +8,16 @@ command, which holds the database credentials itself, always acts as the operato
 
 from __future__ import annotations
 
-import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.api_errors import Unauthorized
-from common.auth.authenticate import authenticate
+from common.auth.authenticate import authenticate, bearer_token
+from common.auth.cache import KeyCache
+from common.auth.operator import OPERATOR_ACTOR, is_operator_token
 from common.config import Settings
 from common.db.pool import Pool
+
+__all__ = ["Scope", "authorize", "is_operator_token"]
 
 _UNAUTHORIZED = "send the church's API key (or the operator token) as 'Authorization: Bearer ...'"
 
@@ -24,6 +27,9 @@ class Scope:
     """What a caller may touch: one church, or every church (``church_id is None``: the operator)."""
 
     church_id: str | None
+    # How the audit log names the caller: ``church:<key prefix>``, ``operator``; None when not known (a
+    # scope built by a command narrowing to a church). Not part of equality: it does not change the scope.
+    actor: str | None = field(default=None, compare=False)
 
     @property
     def is_operator(self) -> bool:
@@ -31,30 +37,22 @@ class Scope:
 
     @classmethod
     def operator(cls) -> Scope:
-        return cls(None)
+        return cls(None, OPERATOR_ACTOR)
 
     @classmethod
-    def church(cls, church_id: str) -> Scope:
-        return cls(church_id)
+    def church(cls, church_id: str, actor: str | None = None) -> Scope:
+        return cls(church_id, actor)
 
 
-def is_operator_token(settings: Settings, presented: str) -> bool:
-    """Constant-time comparison with ``OPERATOR_TOKEN``; always False when it is unset."""
-    expected = settings.operator_token
-    if not expected or not presented:
-        return False
-    return hmac.compare_digest(presented.encode(), expected.encode())
-
-
-def authorize(pool: Pool, settings: Settings, authorization: str | None) -> Scope:
+def authorize(pool: Pool, settings: Settings, authorization: str | None, *, cache: KeyCache | None = None) -> Scope:
     """The caller's scope, or ``Unauthorized`` (missing, malformed, unknown and revoked credentials alike)."""
-    scheme, _, presented = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
+    presented = bearer_token(authorization)
+    if presented is None:
         raise Unauthorized("unauthorized", _UNAUTHORIZED)
-    if is_operator_token(settings, presented.strip()):
+    if is_operator_token(settings, presented):
         return Scope.operator()
     try:
-        caller = authenticate(pool, authorization)
+        caller = authenticate(pool, authorization, cache=cache)
     except Unauthorized:
         raise Unauthorized("unauthorized", "the API key or operator token is unknown or revoked") from None
-    return Scope.church(caller.church_id)
+    return Scope.church(caller.church_id, caller.actor)

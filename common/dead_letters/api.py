@@ -20,10 +20,13 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from common.api_errors import BadRequest, Unprocessable
 from common.dead_letters import alerts, queries, replay, retention
 from common.dead_letters.access import Scope
 from common.dead_letters.queries import Filter
+from common.request_models import Id, StrictModel, Time, parse_model
 from common.runtime import Runtime
 
 logger = logging.getLogger("koinonia.dead_letters")
@@ -31,7 +34,9 @@ logger = logging.getLogger("koinonia.dead_letters")
 max_ids = 10_000
 http_budget_s = 25.0  # bulk work per request; past it the answer says "complete": false (run it again)
 tick_archive_budget_s = 20.0
-_FILTER_KEYS = frozenset({"error_code", "from", "to", "church_id"})
+max_days = 36_500
+max_code_length = 64
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 # '+' in a query string decodes to a space: '...T10:00:00 00:00' was meant as '...T10:00:00+00:00'.
 _SPACED_OFFSET = re.compile(r" (\d{2}(?::?\d{2})?)$")
 
@@ -43,6 +48,9 @@ def list_dead_letters(rt: Runtime, scope: Scope, args: Mapping[str, str]) -> dic
     unknown = sorted(set(args) - {"church_id", "error_code", "from", "to", "limit", "cursor"})
     if unknown:
         raise BadRequest("invalid_parameter", f"unknown query parameter {unknown[0]!r}", field=unknown[0])
+    code = args.get("error_code", "")
+    if len(code) > max_code_length or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in code):  # NUL: PostgreSQL refuses
+        raise BadRequest("invalid_parameter", 'error_code must be a short code such as "40310"', field="error_code")
     selection = Filter(
         church_id=_uuid(args["church_id"], "church_id", BadRequest, "invalid_id") if args.get("church_id") else None,
         error_code=args.get("error_code") or None,
@@ -56,12 +64,50 @@ def list_dead_letters(rt: Runtime, scope: Scope, args: Mapping[str, str]) -> dic
 def _limit(raw: str | None) -> int:
     if raw is None or raw == "":
         return queries.default_limit
-    if not raw.isdigit() or not 1 <= int(raw) <= queries.max_limit:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= queries.max_limit:  # "²".isdigit(), int("²") fails
         raise BadRequest("invalid_limit", f"limit must be a whole number from 1 to {queries.max_limit}", field="limit")
     return int(raw)
 
 
 # -- POST /dead-letters/replay | purge | archive ------------------------------------------------------------
+
+
+class FilterBody(StrictModel):
+    """Which dead letters: all of these that are given (``{}``: every one the caller may see)."""
+
+    error_code: str | None = Field(
+        default=None, max_length=max_code_length, pattern=_PRINTABLE, description='a carrier error code such as "40310"'
+    )
+    from_: Time | None = Field(default=None, alias="from", description="created at or after (inclusive)")
+    to: Time | None = Field(default=None, description="created before (exclusive)")
+    church_id: Id | None = Field(default=None, description="one church (the operator only; a church key sees its own)")
+
+
+class ReplayBody(StrictModel):
+    """``{"ids": [...]}`` or ``{"filter": {...}}``, not both."""
+
+    ids: list[Id] | None = Field(default=None, min_length=1, max_length=max_ids, description="dead-letter ids")
+    filter: FilterBody | None = None
+
+
+class PurgeBody(ReplayBody):
+    """``ids`` or ``filter``, and/or ``older_than_days``."""
+
+    older_than_days: int | None = Field(default=None, ge=0, le=max_days, description="created more than N days ago")
+
+
+class TickEvent(BaseModel):
+    """``POST /events``: the scheduler's event (EventBridge's envelope, or the dev scheduler's). Its content is
+    not used: any JSON object, or no body, starts the tick (anything else is 400/422 as for every body)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ArchiveBody(StrictModel):
+    """Everything optional: by default, what is past ``DLQ_RETENTION_DAYS``."""
+
+    older_than_days: int | None = Field(default=None, ge=0, le=max_days, description="default: DLQ_RETENTION_DAYS")
+    church_id: Id | None = None
 
 
 @dataclass(frozen=True)
@@ -71,7 +117,7 @@ class Selection:
 
 
 def replay_request(rt: Runtime, scope: Scope, payload: Any) -> dict[str, Any]:
-    body = _object(payload, {"ids", "filter"})
+    body = parse_model(ReplayBody, payload)
     selection = _selection(body)
     if selection.ids is not None:
         report = replay.replay_ids(rt, scope, selection.ids)
@@ -83,9 +129,9 @@ def replay_request(rt: Runtime, scope: Scope, payload: Any) -> dict[str, Any]:
 
 
 def purge_request(rt: Runtime, scope: Scope, payload: Any) -> dict[str, Any]:
-    body = _object(payload, {"ids", "filter", "older_than_days"})
+    body = parse_model(PurgeBody, payload)
     selection = _selection(body)
-    older = _days(body["older_than_days"], "older_than_days") if body.get("older_than_days") is not None else None
+    older = body.older_than_days
     if selection.ids is not None:
         report = retention.purge_ids(rt.pool, scope, selection.ids, Filter(older_than_days=older))
     elif selection.filter is not None or older is not None:
@@ -99,11 +145,9 @@ def purge_request(rt: Runtime, scope: Scope, payload: Any) -> dict[str, Any]:
 
 
 def archive_request(rt: Runtime, scope: Scope, payload: Any) -> dict[str, Any]:
-    body = _object(payload if payload is not None else {}, {"older_than_days", "church_id"})
-    older = rt.settings.dlq_retention_days
-    if body.get("older_than_days") is not None:
-        older = _days(body["older_than_days"], "older_than_days")
-    church = _uuid(body["church_id"], "church_id", Unprocessable, "validation_failed") if body.get("church_id") else None
+    body = parse_model(ArchiveBody, payload)
+    older = body.older_than_days if body.older_than_days is not None else rt.settings.dlq_retention_days
+    church = str(body.church_id) if body.church_id is not None else None
     report = retention.archive_older_than(rt.pool, scope, older, church_id=church, budget_s=http_budget_s)
     return report.as_dict()
 
@@ -130,51 +174,17 @@ def scheduled_tick(rt: Runtime) -> dict[str, Any]:
 # -- parsing -------------------------------------------------------------------------------------------------------
 
 
-def _object(payload: Any, allowed: frozenset[str] | set[str]) -> dict[str, Any]:
-    if not isinstance(payload, dict):
-        raise Unprocessable("validation_failed", "the body must be a JSON object", field="")
-    unknown = sorted(set(payload) - set(allowed))
-    if unknown:
-        raise Unprocessable("validation_failed", f"unknown field {unknown[0]!r}", field=unknown[0])
-    return payload
-
-
-def _selection(body: dict[str, Any]) -> Selection:
-    if "ids" in body and "filter" in body:
+def _selection(body: ReplayBody) -> Selection:
+    if body.ids is not None and body.filter is not None:
         raise Unprocessable("validation_failed", "give 'ids' or 'filter', not both", field="filter")
-    if "ids" in body:
-        raw = body["ids"]
-        if not isinstance(raw, list) or not raw:
-            raise Unprocessable("validation_failed", "ids must be a non-empty list of dead-letter ids", field="ids")
-        if len(raw) > max_ids:
-            raise Unprocessable("validation_failed", f"at most {max_ids:,} ids per request; got {len(raw):,}", field="ids")
-        return Selection([_uuid(v, f"ids[{i}]", Unprocessable, "validation_failed") for i, v in enumerate(raw)], None)
-    if "filter" in body:
-        return Selection(None, parse_filter(body["filter"]))
+    if body.ids is not None:
+        return Selection([str(i) for i in body.ids], None)
+    if body.filter is not None:
+        raw = body.filter
+        church = str(raw.church_id) if raw.church_id is not None else None
+        selected = Filter(church_id=church, error_code=raw.error_code or None, created_from=raw.from_, created_to=raw.to)
+        return Selection(None, selected)
     return Selection(None, None)
-
-
-def parse_filter(raw: Any) -> Filter:
-    if not isinstance(raw, dict):
-        raise Unprocessable("validation_failed", 'filter must be an object such as {"error_code": "40310"}', field="filter")
-    unknown = sorted(set(raw) - _FILTER_KEYS)
-    if unknown:
-        raise Unprocessable("validation_failed", f"unknown filter field {unknown[0]!r}", field=f"filter.{unknown[0]}")
-    code = raw.get("error_code")
-    if code is not None and not isinstance(code, str):
-        raise Unprocessable("validation_failed", 'error_code must be a string such as "40310"', field="filter.error_code")
-
-    def when(key: str) -> datetime | None:
-        value = raw.get(key)
-        return _time(value, f"filter.{key}", Unprocessable, "validation_failed") if value is not None else None
-
-    church = raw.get("church_id")
-    return Filter(
-        church_id=_uuid(church, "filter.church_id", Unprocessable, "validation_failed") if church is not None else None,
-        error_code=code or None,
-        created_from=when("from"),
-        created_to=when("to"),
-    )
 
 
 def _uuid(value: Any, field: str, error: type[BadRequest | Unprocessable], code: str) -> str:
@@ -197,9 +207,3 @@ def _time(value: Any, field: str, error: type[BadRequest | Unprocessable], code:
     if parsed.tzinfo is None:
         raise error(code, message, field=field)
     return parsed
-
-
-def _days(value: Any, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 36_500:
-        raise Unprocessable("validation_failed", f"{field} must be a whole number of days (0 or more)", field=field)
-    return value

@@ -103,13 +103,15 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if args.church:  # narrow the ids to that church: others count as not found
             scope = Scope.church(args.church)
         report = replay.replay_ids(
-            rt, scope, args.ids, batch_size=args.batch_size, progress=lambda r: bar.update(r.processed, _replay_detail(r))
+            rt, scope, args.ids, batch_size=args.batch_size, progress=lambda r: bar.update(r.processed, _replay_detail(r)),
+            actor="cli",
         )
     else:
         selection = queries.Filter(church_id=args.church, error_code=args.code)
         bar = ProgressBar("replay", queries.count_matching(rt.pool, scope, selection))
         report = replay.replay_matching(
-            rt, scope, selection, batch_size=args.batch_size, progress=lambda r: bar.update(r.processed, _replay_detail(r))
+            rt, scope, selection, batch_size=args.batch_size, progress=lambda r: bar.update(r.processed, _replay_detail(r)),
+            actor="cli",
         )
     bar.finish()
     _say(f"dlq replay: {report.replayed:,} replayed, {report.skipped:,} skipped (message no longer failed), "
@@ -150,11 +152,12 @@ def cmd_purge(args: argparse.Namespace) -> int:
     bar = ProgressBar("purge", total)
     if args.ids:
         report = retention.purge_ids(
-            rt.pool, scope, args.ids, batch_size=args.batch_size, progress=lambda r: bar.update(r.done + r.not_found, "")
+            rt.pool, scope, args.ids, batch_size=args.batch_size, progress=lambda r: bar.update(r.done + r.not_found, ""),
+            actor="cli",
         )
     else:
         report = retention.purge_matching(
-            rt.pool, scope, selection, batch_size=args.batch_size, progress=lambda r: bar.update(r.done, "")
+            rt.pool, scope, selection, batch_size=args.batch_size, progress=lambda r: bar.update(r.done, ""), actor="cli"
         )
     bar.finish()
     _say(f"dlq purge: {report.done:,} purged" + (f", {report.not_found:,} not found" if report.not_found else ""))

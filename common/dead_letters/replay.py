@@ -8,7 +8,12 @@ Only after COMMIT are the messages enqueued in Redis; if Redis is off or down th
 
 Idempotent and race-safe: the message rows are locked in id order and re-checked under the lock, so a
 second replay (or two at once) finds the message no longer ``failed`` and skips it. Replaying twice
-sends once.
+sends once. A message whose recipient was erased (``to_address = 'erased'``, common/privacy) is
+skipped too: it has nobody to go to.
+
+Each batch that replays something writes ``dead_letters.replayed`` to the audit log in its own
+transaction, one entry per church (target: the church; details: the dead-letter ids), with the caller
+as actor (``church:<id>``, ``operator``, or what the caller passes, e.g. ``cli``).
 
 Filters are walked in pages of ``batch_size`` ids (one transaction each, oldest first, bounded by the
 start time), with a progress callback after every batch, and an optional time budget: a replay cut
@@ -25,6 +30,7 @@ from typing import Any, cast
 
 import redis
 
+from common import audit
 from common.dead_letters.access import Scope
 from common.dead_letters.queries import Filter, db_now, id_page
 from common.queue import Channel, Lane, QueueItem, SenderLimit
@@ -49,7 +55,7 @@ WITH target AS (
 ), locked AS (
     SELECT m.id
     FROM messages m JOIN target t ON t.message_id = m.id
-    WHERE m.status = 'failed'
+    WHERE m.status = 'failed' AND m.to_address <> 'erased'
     ORDER BY m.id
     FOR UPDATE OF m
 ), reset AS (
@@ -143,13 +149,14 @@ def replay_ids(
     *,
     batch_size: int = batch_size_default,
     progress: Progress | None = None,
+    actor: str | None = None,
 ) -> ReplayReport:
     """Replay these dead letters (ids outside ``scope`` count as not found)."""
     report = ReplayReport(ids={"replayed": [], "skipped": [], "not_found": []})
     unique = list(dict.fromkeys(ids))
     for start in range(0, len(unique), batch_size):
         chunk = unique[start : start + batch_size]
-        batch = _replay_batch(rt, scope, chunk)
+        batch = _replay_batch(rt, scope, chunk, actor or _actor(scope))
         missing = [i for i in chunk if i not in batch.found]
         report.not_found += len(missing)
         assert report.ids is not None
@@ -171,6 +178,7 @@ def replay_matching(
     batch_size: int = batch_size_default,
     budget_s: float | None = None,
     progress: Progress | None = None,
+    actor: str | None = None,
 ) -> ReplayReport:
     """Replay every dead letter matching ``selection`` (created up to now), a batch per transaction."""
     report = ReplayReport()
@@ -185,7 +193,7 @@ def replay_matching(
         if not page:
             break
         after = page[-1]
-        batch = _replay_batch(rt, scope, [dl_id for _, dl_id in page])
+        batch = _replay_batch(rt, scope, [dl_id for _, dl_id in page], actor or _actor(scope))
         report.not_found += len(page) - len(batch.found)  # purged between the page read and the replay
         _account(rt, report, batch)
         if progress is not None:
@@ -196,13 +204,25 @@ def replay_matching(
     return report
 
 
-def _replay_batch(rt: Runtime, scope: Scope, dl_ids: list[str]) -> _Batch:
+def _actor(scope: Scope) -> str:
+    return "operator" if scope.church_id is None else f"church:{scope.church_id}"
+
+
+def _replay_batch(rt: Runtime, scope: Scope, dl_ids: list[str], actor: str) -> _Batch:
     params: dict[str, Any] = {"ids": dl_ids, "deadline_s": float(default_deadline_s)}
     scope_sql = ""
     if scope.church_id is not None:
         scope_sql = _SCOPE
         params["scope_church"] = scope.church_id
-    rows = rt.pool.run(_REPLAY_SQL.format(scope=scope_sql), **params)
+    with rt.pool.transaction() as conn:
+        rows = conn.run(_REPLAY_SQL.format(scope=scope_sql), **params)
+        by_church: dict[str, list[str]] = {}
+        for dl_id, message_id, church_id, *_rest in rows:
+            if message_id is not None:
+                by_church.setdefault(church_id, []).append(dl_id)
+        for church_id, replayed_ids in sorted(by_church.items()):
+            audit.record(conn, "dead_letters.replayed", actor=actor, church_id=church_id, target=f"church:{church_id}",
+                         details={"count": len(replayed_ids), "dead_letter_ids": replayed_ids})  # fmt: skip
     batch = _Batch()
     for dl_id, message_id, church_id, lane, channel, sender, sms_rate, mms_rate in rows:
         batch.found.add(dl_id)

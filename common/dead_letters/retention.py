@@ -9,6 +9,11 @@ longer be replayed from here). Each batch is one statement, so one transaction:
 
 Bulk selections are bounded by the time the job started (purge) or a fixed cutoff (archive), so a job
 ends even while new dead letters keep arriving.
+
+Every purge batch that deleted something writes ``dead_letters.purged`` to the audit log in the same
+transaction, one entry per church (target: the church; details: the dead-letter ids), with the caller
+as actor (``church:<id>``, ``operator``, or what the caller passes, e.g. ``cli``). Archiving moves rows
+without losing them and is not audited.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from common.db.pool import Pool
+from common import audit
+from common.db.pool import Connection, Pool
 from common.dead_letters.access import Scope
 from common.dead_letters.queries import Filter, db_now, where
 
@@ -31,7 +37,7 @@ batch_size_default = 1000
 _PURGE_IDS_SQL = """
 DELETE FROM dead_letters d
 WHERE d.id = ANY(CAST(:ids AS uuid[])) AND {where}
-RETURNING d.id::text
+RETURNING d.id::text, d.church_id::text
 """
 
 _PURGE_BATCH_SQL = """
@@ -43,9 +49,9 @@ WITH gone AS (
         ORDER BY d.created_at, d.id
         LIMIT :limit
     )
-    RETURNING 1
+    RETURNING id::text, church_id::text
 )
-SELECT count(*) FROM gone
+SELECT id, church_id FROM gone
 """
 
 # SKIP LOCKED: a row a replay is stamping right now is archived by the next run instead of waiting.
@@ -106,6 +112,7 @@ def purge_ids(
     *,
     batch_size: int = batch_size_default,
     progress: Progress | None = None,
+    actor: str | None = None,
 ) -> BulkReport:
     """Delete these dead letters (ids outside ``scope``, or not matching ``selection``, are not found)."""
     report = BulkReport("purged", not_found_ids=[])
@@ -113,7 +120,10 @@ def purge_ids(
     unique = list(dict.fromkeys(ids))
     for start in range(0, len(unique), batch_size):
         chunk = unique[start : start + batch_size]
-        gone = {r[0] for r in pool.run(_PURGE_IDS_SQL.format(where=condition), ids=chunk, **params)}
+        with pool.transaction() as conn:
+            rows = conn.run(_PURGE_IDS_SQL.format(where=condition), ids=chunk, **params)
+            _audit_purged(conn, rows, actor or _actor(scope))
+        gone = {r[0] for r in rows}
         missing = [i for i in chunk if i not in gone]
         report.done += len(gone)
         report.not_found += len(missing)
@@ -134,14 +144,21 @@ def purge_matching(
     batch_size: int = batch_size_default,
     budget_s: float | None = None,
     progress: Progress | None = None,
+    actor: str | None = None,
 ) -> BulkReport:
     """Delete every dead letter matching ``selection`` that exists now (not ones arriving meanwhile)."""
     report = BulkReport("purged")
     condition, params = where(scope, selection)
     sql = _PURGE_BATCH_SQL.format(where=condition)
     until = db_now(pool)
-    _batches(report, lambda: int(pool.run(sql, until=until, limit=batch_size, **params)[0][0]),
-             batch_size=batch_size, budget_s=budget_s, progress=progress)  # fmt: skip
+
+    def one_batch() -> int:
+        with pool.transaction() as conn:
+            rows = conn.run(sql, until=until, limit=batch_size, **params)
+            _audit_purged(conn, rows, actor or _actor(scope))
+        return len(rows)
+
+    _batches(report, one_batch, batch_size=batch_size, budget_s=budget_s, progress=progress)
     _log(scope, report)
     return report
 
@@ -165,6 +182,20 @@ def archive_older_than(
              batch_size=batch_size, budget_s=budget_s, progress=progress)  # fmt: skip
     _log(scope, report)
     return report
+
+
+def _actor(scope: Scope) -> str:
+    return "operator" if scope.church_id is None else f"church:{scope.church_id}"
+
+
+def _audit_purged(conn: Connection, rows: list[list[Any]], actor: str) -> None:
+    """One ``dead_letters.purged`` entry per church of this batch (rows: dead-letter id, church id)."""
+    by_church: dict[str, list[str]] = {}
+    for dl_id, church_id in rows:
+        by_church.setdefault(str(church_id), []).append(str(dl_id))
+    for church_id, purged in sorted(by_church.items()):
+        audit.record(conn, "dead_letters.purged", actor=actor, church_id=church_id, target=f"church:{church_id}",
+                     details={"count": len(purged), "dead_letter_ids": purged})  # fmt: skip
 
 
 def _batches(

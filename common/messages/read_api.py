@@ -64,7 +64,7 @@ def list_page(pool: Pool, church_id: str, args: dict[str, str]) -> dict[str, Any
 def page_limit(raw: str | None) -> int:
     if raw is None:
         return default_limit
-    if not raw.isdigit() or not 1 <= int(raw) <= max_limit:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= max_limit:  # "²".isdigit(), but int("²") fails
         raise BadRequest("invalid_limit", f"limit must be a whole number from 1 to {max_limit}", field="limit")
     return int(raw)
 
@@ -85,7 +85,7 @@ def encode_cursor(text: str) -> str:
 def _decode(cursor: str) -> str:
     try:
         return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, UnicodeDecodeError, ValueError):  # ValueError: a non-ASCII cursor ("%C2%80")
         raise BadRequest("invalid_cursor", _BAD_CURSOR, field="cursor") from None
 
 

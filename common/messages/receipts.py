@@ -72,6 +72,7 @@ WITH r AS (
         next_attempt_at = NULL, lease_until = NULL, updated_at = now()
     FROM target t JOIN carrier_receipts c ON c.provider_message_id = t.provider_message_id
     WHERE m.id = t.mid AND m.status IN {_RECEIVES} AND {_CURRENT_RANK} < c.rank
+      AND m.to_address <> 'erased'  -- a person's data was deleted (common/privacy): nothing comes back
     RETURNING m.id
 )
 UPDATE carrier_receipts c SET applied_at = now(), message_id = coalesce(c.message_id, t.mid)

@@ -56,7 +56,7 @@ TRANSITIONS: dict[MessageStatus, frozenset[MessageStatus]] = {
     S.scheduled: frozenset({S.queued, S.sending, S.expired, S.suppressed}),
     S.queued: frozenset({S.sending, S.expired, S.suppressed, S.scheduled, *_RECEIPT_STATES}),
     S.sending: frozenset({S.sent, S.retrying, S.failed, S.expired, S.queued, S.suppressed, S.scheduled}),
-    S.retrying: frozenset({S.queued, S.sending, S.expired, S.suppressed, S.scheduled, *_RECEIPT_STATES}),
+    S.retrying: frozenset({S.queued, S.sending, S.expired, S.suppressed, S.scheduled, S.failed, *_RECEIPT_STATES}),
     S.sent: frozenset({S.delivered, S.delivery_failed, S.delivery_unconfirmed}),
     S.delivery_unconfirmed: frozenset({S.delivered, S.delivery_failed}),
     S.failed: frozenset({S.queued}),

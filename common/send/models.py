@@ -6,13 +6,12 @@ happens in ``common.send.service``, where the database is at hand.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
-from uuid import UUID
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, Strict, ValidationError, field_validator, model_validator
 
 from common.api_errors import Unprocessable
+from common.request_models import Id, Time
 
 max_recipients = 10_000
 max_groups = 100
@@ -20,15 +19,40 @@ default_deadline_s = 4 * 3600  # as Telnyx's own queue: a text that cannot go ou
 
 
 class SendRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, str_strip_whitespace=False)
+    # Strict: "true" is not true, "5" is not 5, 5.0 is not an integer (common/request_models.py).
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        str_strip_whitespace=False,
+        strict=True,
+        json_schema_extra={  # in the OpenAPI document (and the fuzzer's first cases)
+            "examples": [
+                {"channel": "sms", "to": "+13125550142", "text": "Choir practice moved to 7pm"},
+                {
+                    "channel": "sms",
+                    "to": ["(312) 555-0142", "312-555-0199", "nope"],
+                    "text": "Advent service at 10am",
+                    "skip_invalid": True,
+                    "max_attempts": 2,
+                    "deadline_s": 3600,
+                },
+                {
+                    "channel": "mms",
+                    "to": "+13125550142",
+                    "media_urls": ["https://example.org/flyer.jpg"],
+                    "send_at": "2030-12-06T09:00:00-06:00",
+                },
+            ]
+        },
+    )
 
     channel: Literal["sms", "mms"]
     to: str | list[str] | None = Field(default=None, description="one number or up to 10,000")
-    groups: list[UUID] | None = Field(default=None, max_length=max_groups)
+    groups: list[Id] | None = Field(default=None, max_length=max_groups)
     text: str = Field(default="", max_length=20_000)
-    media_urls: list[HttpUrl] | None = Field(default=None, max_length=10)
+    media_urls: list[Annotated[HttpUrl, Strict(False)]] | None = Field(default=None, max_length=10)
     from_: str | None = Field(default=None, alias="from")
-    send_at: datetime | None = None
+    send_at: Time | None = None
     skip_invalid: bool = False
     deadline_s: int = Field(default=default_deadline_s, ge=60, le=72 * 3600)
     max_attempts: int = Field(default=4, ge=1, le=10)
@@ -50,13 +74,18 @@ class SendRequest(BaseModel):
             value.encode("utf-8")
         except UnicodeEncodeError:
             raise ValueError("text has a character that is not valid Unicode (a lone surrogate); remove it") from None
+        if "\x00" in value:
+            raise ValueError("text has a NUL character (\\u0000); remove it")
         return value
 
-    @field_validator("send_at")
+    @field_validator("media_urls", mode="before")
     @classmethod
-    def _aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
-            raise ValueError("send_at needs a time zone, e.g. 2026-12-06T09:00:00-06:00")
+    def _no_controls(cls, value: Any) -> Any:
+        # A URL parser silently drops tabs and line breaks (WHATWG); refuse them instead of sending another URL.
+        if isinstance(value, list):
+            for url in value:
+                if isinstance(url, str) and any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F for ch in url):
+                    raise ValueError("media_urls has a control character (a tab, a line break...); remove it")
         return value
 
     @model_validator(mode="after")

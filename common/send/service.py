@@ -13,6 +13,7 @@ Order matters for the contract "accepted means never lost":
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,6 +27,7 @@ from common.api_errors import Conflict, Unprocessable
 from common.compliance.quiet_hours import SendWindow, next_opening, zone
 from common.db.pool import Connection, Pool
 from common.ids import uuid7
+from common.limits.sends import Admit, SendCharge
 from common.messages import store
 from common.messages.store import Purpose
 from common.phones import InvalidPhone, normalize
@@ -36,7 +38,7 @@ from common.send.models import SendRequest
 logger = logging.getLogger("koinonia.send")
 
 max_listed_recipients = 1_000  # a larger broadcast is paged through GET /messages?broadcast_id=...
-_IDEMPOTENCY_KEY_RE = re.compile(r"^[A-Za-z0-9_:.-]{1,255}$")
+_IDEMPOTENCY_KEY_RE = re.compile(r"[A-Za-z0-9_:.-]{1,255}")
 
 
 @dataclass(frozen=True)
@@ -79,10 +81,13 @@ def accept(
     raw_payload: Any,
     idempotency_key: str | None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    admit: Admit | None = None,
 ) -> Accepted:
     """Validate and persist in one transaction; raise ``ApiError`` (4xx, nothing written) if refused."""
     with pool.transaction() as conn:
-        return accept_in(conn, church_id, request, raw_payload=raw_payload, idempotency_key=idempotency_key, now=now)
+        return accept_in(
+            conn, church_id, request, raw_payload=raw_payload, idempotency_key=idempotency_key, now=now, admit=admit
+        )
 
 
 def accept_in(
@@ -94,20 +99,29 @@ def accept_in(
     idempotency_key: str | None,
     purpose: Purpose = "normal",
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    admit: Admit | None = None,
 ) -> Accepted:
     """``accept`` inside the caller's transaction (a keyword reply commits with the inbound text).
+
+    ``admit`` (``common.limits.sends``) charges the church's rate limits and quota, or raises the 429/402
+    that refuses the send: the last check before anything is written. Replays and compliance replies
+    are never charged.
 
     ``purpose="compliance"`` is a STOP/START confirmation or a HELP answer: it reaches a person who
     has opted out (the confirmation of their own opt-out) and is never held for quiet hours.
     """
-    if idempotency_key is not None and not _IDEMPOTENCY_KEY_RE.match(idempotency_key):
+    if idempotency_key is not None and not _IDEMPOTENCY_KEY_RE.fullmatch(idempotency_key):
         raise Unprocessable(
             "invalid_idempotency_key",
             "Idempotency-Key must be 1-255 characters of letters, digits and _ : . -",
             field="Idempotency-Key",
         )
     text = prepare(request.text, smart_encoding=request.smart_encoding)
-    if text.segments > max_segments:
+    if request.channel == "mms":
+        # An MMS is one message whatever its text (sent as UTF-8, never split): billed as one, times the
+        # plan's MMS weight (common/billing/usage.py), media-only included.
+        text = dataclasses.replace(text, segments=1)
+    elif text.segments > max_segments:
         limit = "1,530 GSM-7 characters" if text.encoding == "GSM-7" else "670 UCS-2 characters"
         raise Unprocessable(
             "text_too_long",
@@ -166,6 +180,8 @@ def accept_in(
             "held": held,
             "first_opening": min(d for d, s in zip(due, statuses, strict=True) if s == "scheduled").isoformat(),
         }
+    if admit is not None and purpose == "normal":
+        admit(conn, SendCharge(church_id, lane, request.channel, text.segments, len(recipients) - len(opted_out), at))
     if not _insert_broadcast(
         conn, church_id, broadcast_id, idempotency_key, request_hash, request, lane, response, len(opted_out)
     ):
@@ -313,12 +329,20 @@ def _with_group_members(conn: Connection, church_id: str, group_ids: list[str], 
 
 
 def _opted_out(conn: Connection, church_id: str, recipients: list[str]) -> set[str]:
+    # The NULL row says the church erased people who had opted out (common/privacy/suppression.py): only
+    # then are the recipients' keyed hashes computed and matched. Otherwise this stays one round trip.
     rows = conn.run(
         "SELECT address FROM opt_outs WHERE church_id = CAST(:c AS uuid) AND channel = 'sms'"
-        " AND address = ANY(CAST(:a AS text[]))",
+        " AND address = ANY(CAST(:a AS text[]))"
+        " UNION ALL SELECT NULL WHERE EXISTS (SELECT 1 FROM erasure_suppressions WHERE church_id = CAST(:c AS uuid))",
         c=church_id, a=recipients,
     )  # fmt: skip
-    return {row[0] for row in rows}
+    opted_out = {row[0] for row in rows if row[0] is not None}
+    if len(opted_out) < len(rows):
+        from common.privacy import suppression
+
+        opted_out |= suppression.matching(conn, church_id, [r for r in recipients if r not in opted_out])
+    return opted_out
 
 
 def _insert_broadcast(

@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 
+from common.limits.sends import send_limits
 from common.queue import QueueItem, SenderLimit
 from common.redis_client import RedisUnavailable
 from common.runtime import Runtime
@@ -20,7 +21,10 @@ logger = logging.getLogger("koinonia.send")
 
 
 def submit(rt: Runtime, church_id: str, request: SendRequest, payload: Any, idempotency_key: str | None) -> Reply:
-    accepted = accept(rt.pool, church_id, request, raw_payload=payload, idempotency_key=idempotency_key)
+    accepted = accept(
+        rt.pool, church_id, request, raw_payload=payload, idempotency_key=idempotency_key,
+        admit=send_limits(rt.redis, rt.settings),  # rate limits and quota: 429/402 before anything is written
+    )  # fmt: skip
     if accepted.replayed:
         return Reply(accepted.response, 202, {"Idempotent-Replayed": "true"})
     if rt.settings.enable_queues and _enqueue(rt, accepted):

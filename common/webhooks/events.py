@@ -16,8 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from common.api_errors import BadRequest
 from common.messages.states import RECEIPT_RANK, MessageStatus
@@ -73,6 +77,28 @@ class Other:
 Event = Receipt | Inbound | Other
 
 
+class TelnyxEventData(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    event_type: str = Field(min_length=1, description="message.sent, message.finalized, message.received, ...")
+    id: str = Field(min_length=1, description="the event's id: its idempotency key")
+    # Read only when useful and ignored when not: an unreadable occurred_at is no time, a payload is read only
+    # for message.* events (where parse_event requires an object with a non-empty id and a 'to' list).
+    occurred_at: Any = Field(default=None, description="ISO-8601 time")
+    record_type: Any = None
+    payload: Any = Field(default=None, description="the message: an object (required for message.* events)")
+
+
+class TelnyxWebhook(BaseModel):
+    """The envelope Telnyx signs and sends, as documented in our OpenAPI document. Telnyx owns the format and
+    adds fields, so unknown ones are allowed; ``parse_event`` reads only what we act on and is the validation."""
+
+    model_config = ConfigDict(extra="allow")
+
+    data: TelnyxEventData
+    meta: Any = None
+
+
 def parse_event(body: Any) -> Event | None:
     """The event in a verified body; ``None`` for an outbound status we ignore; 400 if malformed."""
     data = _obj(body, "data") if isinstance(body, dict) else None
@@ -125,7 +151,7 @@ def parse_event(body: Any) -> Event | None:
         status=status,
         rank=RECEIPT_RANK[status],
         carrier=_optional_text(first_to.get("carrier")),
-        cost_amount=_optional_text(cost.get("amount")),
+        cost_amount=_amount(cost.get("amount")),
         cost_currency=_optional_text(cost.get("currency")),
         error_code=error_code if status is MessageStatus.delivery_failed else None,
         error_detail=(_optional_text(first_error.get("title")) or carrier_status)
@@ -142,7 +168,10 @@ def our_message_id(webhook_url: Any) -> str | None:
     if not values:
         return None
     mid = values[-1]
-    return mid if len(mid) == 36 and mid.count("-") == 4 else None
+    try:  # the shape alone ("zzzzzzzz-zzzz-...") let a non-UUID reach CAST(... AS uuid): a 500 Telnyx redelivers forever
+        return str(UUID(mid)) if len(mid) == 36 else None
+    except ValueError:
+        return None
 
 
 def _obj(data: dict[str, Any], key: str) -> dict[str, Any] | None:
@@ -163,6 +192,18 @@ def _optional_text(value: Any) -> str | None:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     return None
+
+
+def _amount(value: Any) -> str | None:
+    """A cost that fits ``numeric(12, 5)``; anything else ("abc", "1e400") is no cost, not a failed receipt."""
+    text = _optional_text(value)
+    if text is None:
+        return None
+    try:
+        amount = Decimal(text)
+    except InvalidOperation:
+        return None
+    return text if amount.is_finite() and abs(amount) < 10**7 else None
 
 
 def _when(value: Any) -> datetime | None:

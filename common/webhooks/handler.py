@@ -14,19 +14,18 @@ A failure inside 2 rolls everything back and answers 5xx, so Telnyx delivers the
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
 
-from common.api_errors import ApiError, BadRequest, PayloadTooLarge
+from common.api_errors import ApiError, PayloadTooLarge
 from common.conversations.inbound import InboundResult, record_inbound
 from common.db.pool import Connection
 from common.ids import uuid7
 from common.messages import receipts
 from common.runtime import Runtime
 from common.send.submit import enqueue_accepted
-from common.web import Reply
+from common.web import Reply, parse_json
 from common.webhooks.events import Event, Inbound, Other, Receipt, parse_event
 from common.webhooks.signature import SignatureRejected, verify
 
@@ -49,10 +48,9 @@ def handle(rt: Runtime, headers: Mapping[str, str], body: bytes) -> Reply:
     except SignatureRejected as exc:
         logger.warning("webhook refused", extra={"fields": {"code": exc.code, "status": exc.status}})
         raise _Rejected(exc) from None
-    try:
-        payload: Any = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BadRequest("invalid_json", "the webhook body is not valid JSON") from None
+    # The same strict reader as every body (common/web.py): no NUL or lone surrogate reaches PostgreSQL (a 422
+    # instead of a 500 that Telnyx would redeliver forever), no unbounded nesting, no duplicate keys.
+    payload: Any = parse_json(body)
     event = parse_event(payload)
     if event is None:
         return Reply({"result": "ignored"})

@@ -70,7 +70,7 @@ def verify(headers: Mapping[str, str], body: bytes, public_key: str | None, *, n
             401, "signature_missing", f"the {TIMESTAMP_HEADER} and {SIGNATURE_HEADER} headers are required"
         )
     stamp = stamp.strip()
-    if not stamp.isdigit() or len(stamp) > 12:
+    if not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12:  # "²".isdigit(), but int("²") fails
         raise SignatureRejected(401, "timestamp_invalid", f"{TIMESTAMP_HEADER} must be Unix seconds")
     try:
         raw_signature = base64.b64decode(signature.strip(), validate=True)

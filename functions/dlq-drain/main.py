@@ -15,20 +15,24 @@ from __future__ import annotations
 import flask
 import functions_framework
 
+from common.auth.cache import key_cache
 from common.config import get_settings
 from common.dead_letters import api
 from common.dead_letters.access import Scope, authorize
 from common.logs import configure_logging
+from common.openapi import openapi_route
+from common.request_models import parse_model
 from common.runtime import get_runtime
-from common.web import Reply, dispatch, json_body, route
+from common.web import Reply, dispatch, json_body, json_http_errors, route
 
 configure_logging()
+json_http_errors()  # Flask's own 404/405 in our JSON shape
 get_settings()  # a bad configuration stops the process here, with one line
 
 
 def _scope(request: flask.Request) -> Scope:
     rt = get_runtime()
-    return authorize(rt.pool, rt.settings, request.headers.get("Authorization"))
+    return authorize(rt.pool, rt.settings, request.headers.get("Authorization"), cache=key_cache(rt))
 
 
 def list_dead_letters(request: flask.Request) -> Reply:
@@ -48,11 +52,13 @@ def purge(request: flask.Request) -> Reply:
 
 def archive(request: flask.Request) -> Reply:
     scope = _scope(request)
-    payload = json_body(request) if request.content_length else None
+    payload = json_body(request) if request.content_length else {}  # no body: the defaults; a JSON null is refused
     return Reply(api.archive_request(get_runtime(), scope, payload))
 
 
-def tick(_request: flask.Request) -> Reply:
+def tick(request: flask.Request) -> Reply:
+    if request.content_length:  # the scheduler's event: its content is not used, but it must be a JSON object
+        parse_model(api.TickEvent, json_body(request))
     return Reply(api.scheduled_tick(get_runtime()))
 
 
@@ -63,6 +69,7 @@ ROUTES = [
     route("POST", "/dead-letters/archive", archive),
     route("POST", "/events", tick),
 ]
+ROUTES.append(openapi_route("dlq-drain", ROUTES))
 
 
 @functions_framework.http

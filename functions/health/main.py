@@ -12,9 +12,12 @@ from common.config import get_settings
 from common.db import get_pool
 from common.health import HealthChecker, Report
 from common.logs import configure_logging
+from common.openapi import document
 from common.redis_client import get_redis
+from common.web import json_http_errors
 
 configure_logging()
+json_http_errors()  # Flask's own 404/405 in our JSON shape
 settings = get_settings()  # a bad configuration stops the process here, with one line
 
 
@@ -30,6 +33,7 @@ ROUTES: dict[str, Callable[[], Report]] = {
     "/alive": HealthChecker.alive,
     "/": lambda: _checker().health(),
 }
+ROUTES["/openapi.json"] = lambda: Report(document("health", [("GET", path) for path in ROUTES]), 200)
 
 
 @functions_framework.http

@@ -12,39 +12,32 @@ from typing import Any
 import flask
 import functions_framework
 
-from common.api_errors import Unprocessable
 from common.config import get_settings
-from common.consume import ConsumeBudget, run_consumer
+from common.consume import ConsumeEvent, ConsumeRequest, run_consumer
 from common.logs import configure_logging
+from common.openapi import openapi_route
+from common.request_models import parse_model
 from common.runtime import get_runtime
-from common.web import Reply, dispatch, json_body, route
+from common.web import Reply, dispatch, json_body, json_http_errors, route
 
 configure_logging()
+json_http_errors()  # Flask's own 404/405 in our JSON shape
 get_settings()
 
 
 def consume(request: flask.Request) -> Reply:
+    """``POST /``: a budget (strict, no unknown fields); ``POST /events``: the cloud's envelope (common/consume.py)."""
     payload: Any = json_body(request) if request.content_length else {}
-    if not isinstance(payload, dict):
-        raise Unprocessable("validation_failed", "the body must be a JSON object", field="")
-    try:
-        budget = ConsumeBudget(
-            max_messages=int(payload.get("max_messages", 100_000)),
-            max_seconds=float(payload.get("max_seconds", 50.0)),
-            stop_when_idle=bool(payload.get("stop_when_idle", True)),
-        )
-    except (TypeError, ValueError):
-        raise Unprocessable(
-            "validation_failed", "max_messages and max_seconds must be numbers", field="max_messages"
-        ) from None
-    report = asyncio.run(run_consumer(get_runtime(), budget))
+    parsed = parse_model(ConsumeEvent if request.path.rstrip("/") == "/events" else ConsumeRequest, payload)
+    report = asyncio.run(run_consumer(get_runtime(), parsed.budget()))
     body: dict[str, Any] = {"report": report.as_dict()}
-    if "Records" in payload:
+    if isinstance(parsed, ConsumeEvent) and parsed.Records is not None:
         body["batchItemFailures"] = []  # a wake-up carries no work of its own; never redeliver it
     return Reply(body)
 
 
 ROUTES = [route("POST", "/", consume), route("POST", "/events", consume)]
+ROUTES.append(openapi_route("queue-consume", ROUTES))
 
 
 @functions_framework.http

@@ -7,30 +7,30 @@ from typing import Any
 import flask
 import functions_framework
 
-from common.api_errors import Unprocessable
 from common.config import get_settings
 from common.logs import configure_logging
+from common.openapi import openapi_route
+from common.request_models import parse_model
 from common.runtime import get_runtime
-from common.scheduler import run_scheduler
-from common.web import Reply, dispatch, json_body, route
+from common.scheduler import SchedulerEvent, SchedulerRequest, run_scheduler
+from common.web import Reply, dispatch, json_body, json_http_errors, route
 
 configure_logging()
+json_http_errors()  # Flask's own 404/405 in our JSON shape
 get_settings()
 
 
 def tick(request: flask.Request) -> Reply:
+    """``POST /``: a budget (strict, no unknown fields); ``POST /events``: the scheduler's envelope (common/scheduler.py)."""
     payload: Any = json_body(request) if request.content_length else {}
+    parsed = parse_model(SchedulerEvent if request.path.rstrip("/") == "/events" else SchedulerRequest, payload)
     rt = get_runtime()
-    try:
-        budget_s = float(payload.get("budget_s", rt.settings.scheduler_budget_s)) if isinstance(payload, dict) else None
-    except (TypeError, ValueError):
-        budget_s = None
-    if budget_s is None or not 0 < budget_s <= 900:
-        raise Unprocessable("validation_failed", "budget_s must be a number of seconds from 0 to 900", field="budget_s")
+    budget_s = parsed.budget_s if parsed.budget_s is not None else rt.settings.scheduler_budget_s
     return Reply({"report": run_scheduler(rt, budget_s).as_dict()})
 
 
 ROUTES = [route("POST", "/", tick), route("POST", "/events", tick)]
+ROUTES.append(openapi_route("retry-scheduler", ROUTES))
 
 
 @functions_framework.http

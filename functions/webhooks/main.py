@@ -11,11 +11,13 @@ import functions_framework
 
 from common.config import get_settings
 from common.logs import configure_logging
+from common.openapi import openapi_route
 from common.runtime import get_runtime
-from common.web import Reply, dispatch, route
+from common.web import Reply, dispatch, json_http_errors, route
 from common.webhooks.handler import handle, max_webhook_bytes
 
 configure_logging()
+json_http_errors()  # Flask's own 404/405 in our JSON shape
 get_settings()  # a bad configuration stops the process here, with one line
 
 
@@ -25,6 +27,7 @@ def telnyx_event(request: flask.Request) -> Reply:
 
 
 ROUTES = [route("POST", "/webhooks/telnyx", telnyx_event)]
+ROUTES.append(openapi_route("webhooks", ROUTES))
 
 
 @functions_framework.http
