@@ -25,7 +25,8 @@ from common.db.pool import Pool
 from common.redis_client import RedisGate
 from infra.embedded import PostgresProcess, RedisProcess
 from infra.telnyx_sandbox import Sandbox, SandboxConfig
-from tests.helpers import rebuild_singletons, with_database
+from tests.helpers import rebuild_singletons, set_env, with_database
+from tests.webhook_signing import Signer
 
 
 @pytest.fixture(scope="session")
@@ -183,3 +184,11 @@ def send_env(env: Settings, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -
     _clear_process_singletons()
     yield get_settings()
     _clear_process_singletons()
+
+
+@pytest.fixture
+def signer(send_env: Settings, monkeypatch: pytest.MonkeyPatch) -> Signer:
+    """A Telnyx-style webhook signing key made for this test; the functions trust its public half."""
+    s = Signer()
+    set_env(monkeypatch, **{constants.TELNYX_PUBLIC_KEY_ENV: s.public_key})
+    return s

@@ -21,7 +21,6 @@ from typing import Any
 import phonenumbers
 import pytest
 
-from common import constants
 from common.billing.usage import UNBILLED_STATUSES, usage_for_current_period
 from common.consume import ConsumeBudget, ConsumeReport, run_consumer
 from common.dead_letters import retention
@@ -32,8 +31,8 @@ from common.privacy.deletion import ERASED, delete_church, delete_person
 from common.queue import MessageQueue
 from common.runtime import get_runtime
 from tests.factories import Tenant, make_church, numbers
-from tests.helpers import function_client, set_env
-from tests.webhook_signing import Signer, envelope, inbound_payload, outbound_payload
+from tests.helpers import function_client
+from tests.webhook_signing import envelope, inbound_payload, outbound_payload
 
 PERSON = "+16302000007"  # the person who asks to be erased
 PERSON_FORMATS = ("+16302000007", "16302000007", "6302000007", "(630) 200-0007", "630-200-0007", "630.200.0007")
@@ -133,13 +132,6 @@ def queue_state(client, prefix: str) -> dict[str, str]:
 
 
 # -- fixtures and helpers --------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def signer(send_env, monkeypatch) -> Signer:
-    s = Signer()
-    set_env(monkeypatch, **{constants.TELNYX_PUBLIC_KEY_ENV: s.public_key})
-    return s
 
 
 @pytest.fixture

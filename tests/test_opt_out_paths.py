@@ -21,16 +21,9 @@ from common.runtime import get_runtime
 from common.scheduler import Scheduler
 from tests.factories import Tenant, make_church, numbers
 from tests.helpers import function_client, set_env
-from tests.webhook_signing import Signer, envelope, inbound_payload
+from tests.webhook_signing import envelope, inbound_payload
 
 # -- fixtures and helpers ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def signer(send_env, monkeypatch) -> Signer:
-    s = Signer()
-    set_env(monkeypatch, **{constants.TELNYX_PUBLIC_KEY_ENV: s.public_key})
-    return s
 
 
 @pytest.fixture

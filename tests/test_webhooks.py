@@ -13,22 +13,14 @@ import uuid
 
 import pytest
 
-from common import constants
 from common.consume import ConsumeBudget, run_consumer
 from common.messages import receipts, store
 from common.messages.store import Outcome
 from common.runtime import get_runtime
 from common.scheduler import Scheduler
 from tests.factories import make_church, numbers
-from tests.helpers import function_client, set_env
-from tests.webhook_signing import Signer, envelope, inbound_payload, outbound_payload
-
-
-@pytest.fixture
-def signer(send_env, monkeypatch) -> Signer:
-    s = Signer()
-    set_env(monkeypatch, **{constants.TELNYX_PUBLIC_KEY_ENV: s.public_key})
-    return s
+from tests.helpers import function_client
+from tests.webhook_signing import envelope, inbound_payload, outbound_payload
 
 
 @pytest.fixture
