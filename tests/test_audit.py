@@ -126,7 +126,7 @@ def test_replay_writes_one_entry_per_church_with_the_callers_actor(send, dlq, ch
     answer = dlq.post("/dead-letters/replay", json={"ids": [ours[0], theirs[0]]}, headers=church.auth)
     assert answer.status_code == 200 and answer.get_json()["replayed"] == 1  # the other church's id: not found
     [entry] = entries(pool, "dead_letters.replayed")
-    assert entry == {"church_id": church.church_id, "actor": f"church:{church.church_id}",
+    assert entry == {"church_id": church.church_id, "actor": f"church:{church.api_key.split('_')[1]}",
                      "target": f"church:{church.church_id}", "details": {"count": 1, "dead_letter_ids": [ours[0]]}}  # fmt: skip
 
     again = dlq.post("/dead-letters/replay", json={"ids": [ours[0]]}, headers=church.auth)
@@ -150,7 +150,8 @@ def test_purge_writes_its_entry_and_the_cli_is_named_as_actor(send, dlq, church,
     answer = dlq.post("/dead-letters/purge", json={"ids": [ours[0]]}, headers=church.auth)
     assert answer.status_code == 200 and answer.get_json()["purged"] == 1
     assert entries(pool, "dead_letters.purged") == [{
-        "church_id": church.church_id, "actor": f"church:{church.church_id}", "target": f"church:{church.church_id}",
+        "church_id": church.church_id, "actor": f"church:{church.api_key.split('_')[1]}",
+        "target": f"church:{church.church_id}",
         "details": {"count": 1, "dead_letter_ids": [ours[0]]}}]  # fmt: skip
 
     assert common.cli.main(["dlq", "purge", "--code", "40310", "--yes", "--batch-size", "1"]) == 0

@@ -35,6 +35,11 @@ class Scope:
     def is_operator(self) -> bool:
         return self.church_id is None
 
+    @property
+    def audit_actor(self) -> str:
+        """The audit log's name for the caller (``church:<key prefix>`` when a key is known)."""
+        return self.actor or ("operator" if self.church_id is None else f"church:{self.church_id}")
+
     @classmethod
     def operator(cls) -> Scope:
         return cls(None, OPERATOR_ACTOR)

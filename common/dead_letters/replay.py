@@ -156,7 +156,7 @@ def replay_ids(
     unique = list(dict.fromkeys(ids))
     for start in range(0, len(unique), batch_size):
         chunk = unique[start : start + batch_size]
-        batch = _replay_batch(rt, scope, chunk, actor or _actor(scope))
+        batch = _replay_batch(rt, scope, chunk, actor or scope.audit_actor)
         missing = [i for i in chunk if i not in batch.found]
         report.not_found += len(missing)
         assert report.ids is not None
@@ -193,7 +193,7 @@ def replay_matching(
         if not page:
             break
         after = page[-1]
-        batch = _replay_batch(rt, scope, [dl_id for _, dl_id in page], actor or _actor(scope))
+        batch = _replay_batch(rt, scope, [dl_id for _, dl_id in page], actor or scope.audit_actor)
         report.not_found += len(page) - len(batch.found)  # purged between the page read and the replay
         _account(rt, report, batch)
         if progress is not None:
@@ -202,10 +202,6 @@ def replay_matching(
             break
     _log(scope, report)
     return report
-
-
-def _actor(scope: Scope) -> str:
-    return "operator" if scope.church_id is None else f"church:{scope.church_id}"
 
 
 def _replay_batch(rt: Runtime, scope: Scope, dl_ids: list[str], actor: str) -> _Batch:

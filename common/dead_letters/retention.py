@@ -122,7 +122,7 @@ def purge_ids(
         chunk = unique[start : start + batch_size]
         with pool.transaction() as conn:
             rows = conn.run(_PURGE_IDS_SQL.format(where=condition), ids=chunk, **params)
-            _audit_purged(conn, rows, actor or _actor(scope))
+            _audit_purged(conn, rows, actor or scope.audit_actor)
         gone = {r[0] for r in rows}
         missing = [i for i in chunk if i not in gone]
         report.done += len(gone)
@@ -155,7 +155,7 @@ def purge_matching(
     def one_batch() -> int:
         with pool.transaction() as conn:
             rows = conn.run(sql, until=until, limit=batch_size, **params)
-            _audit_purged(conn, rows, actor or _actor(scope))
+            _audit_purged(conn, rows, actor or scope.audit_actor)
         return len(rows)
 
     _batches(report, one_batch, batch_size=batch_size, budget_s=budget_s, progress=progress)
@@ -182,10 +182,6 @@ def archive_older_than(
              batch_size=batch_size, budget_s=budget_s, progress=progress)  # fmt: skip
     _log(scope, report)
     return report
-
-
-def _actor(scope: Scope) -> str:
-    return "operator" if scope.church_id is None else f"church:{scope.church_id}"
 
 
 def _audit_purged(conn: Connection, rows: list[list[Any]], actor: str) -> None:
