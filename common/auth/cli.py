@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TextIO
 from uuid import UUID
 
-from common.api_errors import ApiError
-
-if TYPE_CHECKING:
-    from common.runtime import Runtime
+from common.cli_support import guarded
+from common.cli_support import runtime as _runtime
+from common.cli_support import say as _say
 
 CLI_ACTOR = "cli"
+
+_guarded = guarded("keys", "keys_command")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -98,31 +97,6 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 # -- helpers ------------------------------------------------------------------------------------------------------
-
-
-def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """A refused action (unknown church, last key, ...) is one line and exit code 2, not a traceback."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except ApiError as exc:
-            _say(f"keys {args.keys_command}: {exc.message}", sys.stderr)
-            return 2
-
-    return run
-
-
-def _runtime() -> Runtime:
-    from common.config import load_settings
-    from common.runtime import get_runtime
-
-    load_settings()  # a bad configuration raises ConfigurationError: `koinonia` prints one line, exit 2
-    return get_runtime()
-
-
-def _say(line: str, stream: TextIO | None = None) -> None:
-    print(line, file=stream if stream is not None else sys.stdout, flush=True)
 
 
 def _uuid(value: str) -> str:

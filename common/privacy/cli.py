@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TextIO
-from uuid import UUID
+from typing import TYPE_CHECKING
 
-from common.api_errors import ApiError
+from common.cli_support import confirm as _confirm
+from common.cli_support import guarded
+from common.cli_support import positive_int as _positive
+from common.cli_support import runtime as _runtime
+from common.cli_support import say as _say
+from common.cli_support import uuid_arg as _uuid
 
 if TYPE_CHECKING:
     from common.privacy.deletion import PersonDeletion
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
     from common.runtime import Runtime
 
 ACTOR = "cli"
+
+_guarded = guarded("delete", "delete_command")
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -133,52 +138,7 @@ def cmd_delete_church(args: argparse.Namespace) -> int:
 # -- helpers ------------------------------------------------------------------------------------------------------
 
 
-def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """A refused request (unknown church, not a phone number) is one line and exit code 2, not a traceback."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return command(args)
-        except ApiError as exc:
-            _say(f"delete {args.delete_command}: {exc.message}", sys.stderr)
-            return 2
-
-    return run
-
-
-def _runtime() -> Runtime:
-    from common.config import load_settings
-    from common.runtime import get_runtime
-
-    load_settings()  # a bad configuration raises ConfigurationError: `koinonia` prints one line, exit 2
-    return get_runtime()
-
-
 def _redis(rt: Runtime) -> RedisGate | None:
     return rt.redis if rt.settings.enable_queues else None
 
 
-def _confirm(prompt: str) -> bool:
-    if not sys.stdin.isatty():
-        return False
-    try:
-        return input(prompt).strip().lower() in ("y", "yes")
-    except EOFError:
-        return False
-
-
-def _say(line: str, stream: TextIO | None = None) -> None:
-    print(line, file=stream if stream is not None else sys.stdout, flush=True)
-
-
-def _uuid(value: str) -> str:
-    try:
-        return str(UUID(value))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not an id") from None
-
-
-def _positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number of at least 1")
-    return int(value)
