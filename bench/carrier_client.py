@@ -46,10 +46,10 @@ sys.path.insert(0, str(ROOT))
 
 import httpcore  # noqa: E402
 import httpx  # noqa: E402
+from _results import RESULTS, write_section  # noqa: E402  (bench/ is the script's folder)
 
 from common.carrier import OutboundMessage, TelnyxClient, classify_response  # noqa: E402
 
-RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION = "## Carrier client cost"
 API_KEY = "KEY_sandbox"
 WEBHOOK = "http://127.0.0.1:9/webhooks/telnyx"
@@ -316,18 +316,6 @@ def render(runs: list[Run], n: int, n_runs: int, concurrency: int, latencies: li
     return "\n".join(lines)
 
 
-def write_section(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(SECTION))
-        rest = text[nxt + 1 :] if nxt >= 0 else ""
-        text = text[:start] + section + ("\n" + rest if rest else "")
-    RESULTS.write_text(text.rstrip("\n") + "\n")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000, help="requests per run (default 10,000)")
@@ -362,7 +350,7 @@ def main() -> int:
     print()
     print(section)
     if not args.no_write:
-        write_section(section)
+        write_section(SECTION, section)
         print(f"wrote {RESULTS.relative_to(ROOT)}")
     return 0
 

@@ -60,14 +60,14 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _results import RESULTS, RESULTS_JSON, update_json, write_section  # noqa: E402  (bench/ is the script's folder)
+
 from common.config import parse_database_url  # noqa: E402
 from common.db.migrate import migrate  # noqa: E402
 from common.db.pool import DatabaseUnavailable, Pool  # noqa: E402
 from infra.embedded import PostgresProcess, RedisProcess  # noqa: E402
 from tests.factories import make_church, numbers  # noqa: E402
 
-RESULTS = ROOT / "bench" / "RESULTS.md"
-RESULTS_JSON = ROOT / "bench" / "results.json"
 SECTION = "## Chaos run"
 COMMAND = "python bench/chaos.py"
 
@@ -672,25 +672,6 @@ def render(f: dict[str, Any], settings_line: str, code: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(SECTION))
-        rest = text[nxt + 1 :] if nxt >= 0 else ""
-        text = text[:start] + section + ("\n" + rest if rest else "")
-    RESULTS.write_text(text.rstrip("\n") + "\n")
-
-
-def write_json(summary: dict[str, Any]) -> None:
-    """Read-modify-write: only the ``chaos`` key is ours."""
-    data = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else {}
-    data["chaos"] = summary
-    RESULTS_JSON.write_text(json.dumps(data, indent=2) + "\n")
-
-
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM unwinds like Ctrl-C, so every ``finally`` stops what it started."""
@@ -740,9 +721,9 @@ def main() -> int:
     say()
     say(section)
     if write:
-        write_section(section)
-        write_json({k: v for k, v in summary.items() if k != "duplicate_list"} | {
-            "date": f"{now():%Y-%m-%d %H:%M} UTC", "command": COMMAND, "settings": settings_line, "code": code})  # fmt: skip
+        write_section(SECTION, section)
+        update_json({"chaos": {k: v for k, v in summary.items() if k != "duplicate_list"} | {
+            "date": f"{now():%Y-%m-%d %H:%M} UTC", "command": COMMAND, "settings": settings_line, "code": code}})  # fmt: skip
         say(f"wrote {RESULTS.relative_to(ROOT)} ({SECTION}) and {RESULTS_JSON.relative_to(ROOT)} (chaos)")
     return 0 if summary["lost"] == 0 else 1
 

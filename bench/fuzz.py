@@ -28,8 +28,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from _results import RESULTS, write_section
+
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION = "## Fuzz"
 MACHINE_DB = "postgresql://postgres@127.0.0.1:5432/postgres"
 MACHINE_REDIS = "redis://127.0.0.1:6379/0"
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0:
         print(output[-6000:])
     if args.write:
-        _write_section(summary)
+        write_section(SECTION, summary)
         print(f"wrote the {SECTION} section of {RESULTS.relative_to(ROOT)}")
     return 0 if code == 0 else 1
 
@@ -150,19 +151,6 @@ And before the fuzzer ran, by construction (tests/test_hostile_input.py): bodies
 (`"312555\\x000142"`) were accepted with the characters dropped, and `media_urls` with line breaks had them silently
 removed by the URL parser (now 422).
 """
-
-
-def _write_section(section: str) -> None:
-    text = RESULTS.read_text()
-    start = text.find(f"\n{SECTION}\n")
-    if start < 0:
-        RESULTS.write_text(text.rstrip("\n") + "\n\n" + section)
-        return
-    start += 1
-    following = re.search(r"^## ", text[start + len(SECTION) :], re.MULTILINE)
-    end = start + len(SECTION) + following.start() if following else len(text)
-    tail = text[end:]
-    RESULTS.write_text(text[:start] + section + ("\n" if tail else "") + tail)
 
 
 if __name__ == "__main__":

@@ -31,8 +31,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from _results import RESULTS, write_section
+
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION = "## Telnyx sandbox throughput"
 API_KEY = "KEY_sandbox"
 RUN_DEADLINE_S = 300.0  # a run that takes longer than this is aborted
@@ -305,18 +306,6 @@ def render(zero: list[RunResult], slow: RunResult, n: int) -> str:
     return "\n".join(lines)
 
 
-def write_section(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    start = text.find(SECTION)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(SECTION))
-        rest = text[nxt + 1 :] if nxt >= 0 else ""
-        text = text[:start] + section + ("\n" + rest if rest else "")
-    RESULTS.write_text(text.rstrip("\n") + "\n")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=50_000, help="per 0 ms run (default 50,000)")
@@ -347,7 +336,7 @@ def main() -> int:
     print()
     print(section)
     if not args.no_write:
-        write_section(section)
+        write_section(SECTION, section)
         print(f"wrote {RESULTS.relative_to(ROOT)}")
     return 0 if statistics.median(r.rps for r in zero) >= REQUIRED_RPS else 1
 

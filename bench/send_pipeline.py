@@ -62,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 
 import psutil  # noqa: E402
 import redis  # noqa: E402
+from _results import RESULTS, RESULTS_JSON, update_json, write_section  # noqa: E402  (bench/ is the script's folder)
 
 from common.config import Settings, parse_database_url  # noqa: E402
 from common.db.migrate import migrate  # noqa: E402
@@ -70,8 +71,6 @@ from common.queue import MessageQueue  # noqa: E402
 from infra.embedded import PostgresProcess, RedisProcess, free_port  # noqa: E402
 from tests.factories import Tenant, make_church, numbers  # noqa: E402
 
-RESULTS = ROOT / "bench" / "RESULTS.md"
-RESULTS_JSON = ROOT / "bench" / "results.json"
 SECTION = "## Send pipeline"
 COMMAND = "python bench/send_pipeline.py"
 
@@ -330,15 +329,16 @@ class Sandbox:
         stop_child(self.proc, "sandbox", signal.SIGINT)
 
 
-class SendServer:
-    """``functions-framework --target=send`` as deployed (gunicorn, gthread)."""
+class FunctionServer:
+    """``functions-framework --target=<name>`` as deployed (gunicorn, gthread)."""
 
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
+    def __init__(self, env: dict[str, str], logs: Path, name: str = "send") -> None:
+        self.name = f"{name} function"
         self.port = free_port()
         binary = Path(sys.executable).parent / "functions-framework"
         cmd = [str(binary) if binary.exists() else (shutil.which("functions-framework") or "functions-framework")]
-        cmd += ["--target=send", "--source=functions/send/main.py", "--port", str(self.port)]
-        self.log = logs / "send-function.log"
+        cmd += [f"--target={name}", f"--source=functions/{name}/main.py", "--port", str(self.port)]
+        self.log = logs / f"{name}-function.log"
         self.log_file = self.log.open("wb")
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True
@@ -346,7 +346,7 @@ class SendServer:
         deadline = time.monotonic() + START_DEADLINE_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise SystemExit(f"send function exited at start ({self.proc.returncode}): {self.tail()}")
+                raise SystemExit(f"{self.name} exited at start ({self.proc.returncode}): {self.tail()}")
             with contextlib.suppress(OSError, http.client.HTTPException):
                 conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
                 conn.request("GET", "/alive")
@@ -354,15 +354,15 @@ class SendServer:
                 conn.close()
                 return
             time.sleep(0.1)  # polling a port that is not open yet
-        stop_child(self.proc, "send function")
-        raise SystemExit(f"send function did not answer within {START_DEADLINE_S:g}s: {self.tail()}")
+        stop_child(self.proc, self.name)
+        raise SystemExit(f"{self.name} did not answer within {START_DEADLINE_S:g}s: {self.tail()}")
 
     def tail(self) -> str:
         self.log_file.flush()
         return self.log.read_text(errors="replace")[-1500:] if self.log.exists() else ""
 
     def stop(self) -> None:
-        stop_child(self.proc, "send function")
+        stop_child(self.proc, self.name)
         self.log_file.close()
 
 
@@ -675,7 +675,7 @@ class Bench:
         self.svc = services
         self.logs = logs
         self.sandbox: Sandbox | None = None
-        self.server: SendServer | None = None
+        self.server: FunctionServer | None = None
         # Settings come from here only: the caller's Koinonia variables are dropped, and everything that
         # shapes the measurement is set (values a .env file could otherwise supply).
         ours = {name.upper() for name in Settings.model_fields} | {"WORKERS", "THREADS"}
@@ -723,7 +723,7 @@ class Bench:
             "WORKERS": str(SERVER_WORKERS),
             "THREADS": str(SERVER_THREADS),
         }
-        self.server = SendServer(env, self.logs)
+        self.server = FunctionServer(env, self.logs)
         say(f"  send function at http://127.0.0.1:{self.server.port} (WORKERS={SERVER_WORKERS}, THREADS={SERVER_THREADS})")
         singles = {"sandbox": (self.sandbox.proc.pid, False), "send function": (self.server.proc.pid, True)}
         if self.svc.redis_pid:
@@ -1108,30 +1108,6 @@ def render(s: dict[str, Any], accept: list[AcceptRun], drains: list[DrainRun], l
     return "\n".join(lines)
 
 
-def write_section(section: str) -> None:
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    start = text.find(SECTION + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        nxt = text.find("\n## ", start + len(SECTION))
-        rest = text[nxt + 1 :] if nxt >= 0 else ""
-        text = text[:start] + section + ("\n" + rest if rest else "")
-    RESULTS.write_text(text.rstrip("\n") + "\n")
-
-
-def write_json(summary: dict[str, Any]) -> None:
-    """This benchmark's keys are rewritten (no figure outlives its run); other benchmarks' keys
-    (``chaos``, ``webhooks``, ...) are kept."""
-    kept = {}
-    if RESULTS_JSON.exists():
-        try:
-            kept = {k: v for k, v in json.loads(RESULTS_JSON.read_text()).items() if k not in summary}
-        except json.JSONDecodeError:
-            kept = {}
-    RESULTS_JSON.write_text(json.dumps({**summary, **kept}, indent=2) + "\n")
-
-
 # Main -------------------------------------------------------------------------------------------
 
 
@@ -1222,8 +1198,8 @@ def main() -> int:
     say()
     say(section)
     if write:
-        write_section(section)
-        write_json(summary)
+        write_section(SECTION, section)
+        update_json(summary)
         say(f"wrote {RESULTS.relative_to(ROOT)} ({SECTION}) and {RESULTS_JSON.relative_to(ROOT)}")
     else:
         say("(not written: --quick or --no-write; run without them to record the figures)")

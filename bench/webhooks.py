@@ -47,7 +47,6 @@ import os
 import platform
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -66,16 +65,14 @@ sys.path.insert(0, str(ROOT / "bench"))
 import pg8000.native  # noqa: E402
 import psutil  # noqa: E402
 import send_pipeline as sp  # noqa: E402
+from _results import RESULTS, RESULTS_JSON, update_json, write_section  # noqa: E402  (bench/ is the script's folder)
 
 from common.config import Settings  # noqa: E402
 from common.ids import uuid7  # noqa: E402
 from common.webhooks import handler as webhook_handler  # noqa: E402
-from infra.embedded import free_port  # noqa: E402
 from tests.factories import make_church, numbers  # noqa: E402
 from tests.webhook_signing import Signer, envelope, inbound_payload, outbound_payload  # noqa: E402
 
-RESULTS = ROOT / "bench" / "RESULTS.md"
-RESULTS_JSON = ROOT / "bench" / "results.json"
 SECTION = "## Webhooks"
 JSON_KEY = "webhooks"
 COMMAND = "python bench/webhooks.py"
@@ -106,7 +103,6 @@ PLAIN_TEXTS = [
 ]
 RUN_DEADLINE_S = 150.0  # one measured run, from the first request to the last answer
 HTTP_TIMEOUT_S = 30.0
-START_DEADLINE_S = 30.0
 QUIET_WAIT_S = 8.0  # per run; then measure anyway and mark the run if other work took > 10% of the CPU
 
 say = sp.say
@@ -115,42 +111,6 @@ median = sp.median
 
 
 # Function under test ----------------------------------------------------------------------------
-
-
-class WebhookServer:
-    """``functions-framework --target=webhooks`` as deployed (gunicorn, gthread)."""
-
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.port = free_port()
-        binary = Path(sys.executable).parent / "functions-framework"
-        cmd = [str(binary) if binary.exists() else (shutil.which("functions-framework") or "functions-framework")]
-        cmd += ["--target=webhooks", "--source=functions/webhooks/main.py", "--port", str(self.port)]
-        self.log = logs / "webhooks-function.log"
-        self.log_file = self.log.open("wb")
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=env, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        deadline = time.monotonic() + START_DEADLINE_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"webhooks function exited at start ({self.proc.returncode}): {self.tail()}")
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/alive")  # any answer (a 404 here) means gunicorn serves the app
-                conn.getresponse().read()
-                conn.close()
-                return
-            time.sleep(0.1)  # polling a port that is not open yet
-        sp.stop_child(self.proc, "webhooks function")
-        raise SystemExit(f"webhooks function did not answer within {START_DEADLINE_S:g}s: {self.tail()}")
-
-    def tail(self) -> str:
-        self.log_file.flush()
-        return self.log.read_text(errors="replace")[-1500:] if self.log.exists() else ""
-
-    def stop(self) -> None:
-        sp.stop_child(self.proc, "webhooks function")
-        self.log_file.close()
 
 
 # Requests ---------------------------------------------------------------------------------------
@@ -367,7 +327,7 @@ class Bench:
         self.args = args
         self.svc = services
         self.logs = logs
-        self.server: WebhookServer | None = None
+        self.server: sp.FunctionServer | None = None
         self.signer = Signer()
         self.rng = random.Random(20261224)
         self.member_start = 0
@@ -389,7 +349,7 @@ class Bench:
 
     def start(self) -> None:
         self.church = make_church(self.svc.pool, "Webhooks bench church", sender=CHURCH_NUMBER, sms_per_second=1000)
-        self.server = WebhookServer(self.env, self.logs)
+        self.server = sp.FunctionServer(self.env, self.logs, "webhooks")
         say(f"  webhooks function at http://127.0.0.1:{self.server.port} (WORKERS={SERVER_WORKERS}, "
             f"THREADS={SERVER_THREADS}, connection_limit={SERVER_CONNECTIONS})")  # fmt: skip
         singles = {"webhooks function": (self.server.proc.pid, True)}
@@ -757,33 +717,6 @@ def render(s: dict[str, Any], runs: list[Run], loads: tuple[str, str]) -> str:
     return "\n".join(lines)
 
 
-def write_section(section: str) -> None:
-    """Replace (or append) only the ``## Webhooks`` section; every other byte of the file is kept."""
-    text = RESULTS.read_text()
-    start = text.find("\n" + SECTION + "\n")
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    else:
-        start += 1
-        nxt = text.find("\n## ", start + len(SECTION))
-        rest = text[nxt + 1 :] if nxt >= 0 else ""
-        text = text[:start] + section.rstrip("\n") + "\n" + ("\n" + rest if rest else "")
-    RESULTS.write_text(text)
-
-
-def write_json(summary: dict[str, Any]) -> None:
-    """Set only the ``webhooks`` key; the others are re-serialised as they were (checked: same bytes)."""
-    text = RESULTS_JSON.read_text() if RESULTS_JSON.exists() else "{}\n"
-    data = json.loads(text)
-    others = {k: json.dumps(v, indent=2) for k, v in data.items() if k != JSON_KEY}
-    data[JSON_KEY] = summary
-    out = json.dumps(data, indent=2) + "\n"
-    after = json.loads(out)
-    if any(json.dumps(after[k], indent=2) != v for k, v in others.items()):
-        raise SystemExit("results.json: other keys would change; not written")
-    RESULTS_JSON.write_text(out)
-
-
 # Main -------------------------------------------------------------------------------------------
 
 
@@ -852,8 +785,8 @@ def main() -> int:
     say()
     say(section)
     if write:
-        write_section(section)
-        write_json(summary)
+        write_section(SECTION, section)
+        update_json({JSON_KEY: summary})
         say(f"wrote {RESULTS.relative_to(ROOT)} ({SECTION}) and {RESULTS_JSON.relative_to(ROOT)} ({JSON_KEY!r})")
     else:
         say("(not written: --quick or --no-write; run without them to record the figures)")
