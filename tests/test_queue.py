@@ -497,7 +497,9 @@ def test_async_wait_for_work_times_out_beyond_the_socket_timeout(
                 drained += 1
             started = time.monotonic()
             assert await queue.wait_for_work(1.2) is False
-            assert 1.1 <= time.monotonic() - started < 3
+            # It really waited past the 0.5 s socket timeout (a wait that gave up early would also say False);
+            # a wait that never returned is caught by the test's timeout, not by a clock bound here.
+            assert time.monotonic() - started >= 1.1
         finally:
             await client.aclose()
 
