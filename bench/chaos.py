@@ -308,6 +308,7 @@ class Run:
             "REDIS_KEY_PREFIX": "kchaos",
             "ENABLE_QUEUES": "true",
             "ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
+            "LOOKUP_KEY": base64.b64encode(os.urandom(32)).decode(),
             "TELNYX_API_KEY": "KEY_sandbox",
             "TELNYX_BASE_URL": f"{self.sandbox.url}/v2",
             "TELNYX_WEBHOOK_URL": WEBHOOK_URL,

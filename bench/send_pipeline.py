@@ -686,6 +686,7 @@ class Bench:
             "REDIS_KEY_PREFIX": services.prefix,
             "ENABLE_QUEUES": "true",
             "ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
+            "LOOKUP_KEY": base64.b64encode(os.urandom(32)).decode(),
             "TELNYX_API_KEY": SANDBOX_KEY,
             "TELNYX_WEBHOOK_URL": WEBHOOK_URL,
             "LOG_LEVEL": "WARNING",

@@ -67,8 +67,9 @@ import psutil  # noqa: E402
 import send_pipeline as sp  # noqa: E402
 from _results import RESULTS, RESULTS_JSON, update_json, write_section  # noqa: E402  (bench/ is the script's folder)
 
-from common.config import Settings  # noqa: E402
+from common.config import Settings, get_settings  # noqa: E402
 from common.ids import uuid7  # noqa: E402
+from common.privacy import crypto  # noqa: E402
 from common.webhooks import handler as webhook_handler  # noqa: E402
 from tests.factories import make_church, numbers  # noqa: E402
 from tests.webhook_signing import Signer, envelope, inbound_payload, outbound_payload  # noqa: E402
@@ -339,6 +340,7 @@ class Bench:
             "REDIS_URL": services.redis_url,
             "REDIS_KEY_PREFIX": services.prefix,
             "ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
+            "LOOKUP_KEY": base64.b64encode(os.urandom(32)).decode(),
             "TELNYX_API_KEY": sp.SANDBOX_KEY,
             "TELNYX_BASE_URL": "http://127.0.0.1:9/v2",  # never called: webhooks send nothing themselves
             "TELNYX_PUBLIC_KEY": self.signer.public_key,
@@ -346,6 +348,10 @@ class Bench:
             "WORKERS": str(SERVER_WORKERS),
             "THREADS": str(SERVER_THREADS),
         }
+        # This process seals and hashes too (the messages it bulk-inserts, its checks by lookup hash, the
+        # handler it runs in ``statements``): with the function's own settings, so the same keys.
+        os.environ.update({k: v for k, v in self.env.items() if k.lower() in Settings.model_fields})
+        get_settings.cache_clear()
 
     def start(self) -> None:
         self.church = make_church(self.svc.pool, "Webhooks bench church", sender=CHURCH_NUMBER, sms_per_second=1000)
@@ -370,6 +376,9 @@ class Bench:
         pids = [str(uuid.uuid4()) for _ in range(n)]
         tos = numbers(n, area="646", start=self.member_start)
         self.member_start += n
+        ring = crypto.keyring()
+        church = self.church.church_id
+        sealed = [ring.seal(to, "address") for to in tos]
         with self.svc.pool.transaction() as conn:
             conn.run(
                 "INSERT INTO broadcasts (id, church_id, channel, lane, recipient_count)"
@@ -377,12 +386,14 @@ class Bench:
                 id=broadcast, c=self.church.church_id, n=n,
             )  # fmt: skip
             conn.run(
-                "INSERT INTO messages (id, church_id, broadcast_id, channel, lane, to_address, from_address, body,"
+                "INSERT INTO messages (id, church_id, broadcast_id, channel, lane, to_enc, to_hash, from_address, body_enc,"
                 " encoding, segments, status, attempts, deadline_at, provider_message_id, sent_at)"
-                " SELECT t.id, CAST(:c AS uuid), CAST(:b AS uuid), 'sms', 'bulk', t.to_address, :f, :body, 'GSM-7', 1,"
-                " 'sent', 1, now() + interval '1 day', t.pid, now()"
-                " FROM unnest(CAST(:ids AS uuid[]), CAST(:tos AS text[]), CAST(:pids AS text[])) AS t(id, to_address, pid)",
-                c=self.church.church_id, b=broadcast, f=CHURCH_NUMBER, body=sp.TEXT, ids=ids, tos=tos, pids=pids,
+                " SELECT t.id, CAST(:c AS uuid), CAST(:b AS uuid), 'sms', 'bulk', t.to_enc, t.to_hash, :f, :body, 'GSM-7',"
+                " 1, 'sent', 1, now() + interval '1 day', t.pid, now()"
+                " FROM unnest(CAST(:ids AS uuid[]), CAST(:tos AS bytea[]), CAST(:hashes AS bytea[]), CAST(:pids AS text[]))"
+                " AS t(id, to_enc, to_hash, pid)",
+                c=church, b=broadcast, f=CHURCH_NUMBER, body=ring.seal(sp.TEXT, "text"), ids=ids, tos=sealed,
+                hashes=crypto.lookup_hashes(church, tos), pids=pids,
             )  # fmt: skip
         self.svc.pool.run("ANALYZE messages")
         return list(zip(ids, pids, tos, strict=True))
@@ -470,23 +481,25 @@ class Bench:
         events_before = self.events_count()
         wall, answers, errors, busy, extra = self.measure("inbound", index, plan.lanes)
         church, members = self.church.church_id, plan.members
+        hashes = crypto.lookup_hashes(church, members)
         conv = self.svc.pool.run(
             "SELECT count(DISTINCT c.id), count(m.id) FILTER (WHERE m.direction = 'inbound'),"
             " count(m.id) FILTER (WHERE m.direction = 'outbound'), count(DISTINCT c.id) FILTER (WHERE c.needs_review)"
             " FROM conversations c LEFT JOIN conversation_messages m ON m.conversation_id = c.id"
-            " WHERE c.church_id = CAST(:c AS uuid) AND c.church_number = :n AND c.contact_address = ANY(:a)",
-            c=church, n=CHURCH_NUMBER, a=members,
+            " WHERE c.church_id = CAST(:c AS uuid) AND c.church_number = :n AND c.contact_hash = ANY(CAST(:a AS bytea[]))",
+            c=church, n=CHURCH_NUMBER, a=hashes,
         )[0]  # fmt: skip
         actions = dict(self.svc.pool.run(
-            "SELECT action, count(*) FROM opt_out_events WHERE church_id = CAST(:c AS uuid) AND address = ANY(:a)"
-            " GROUP BY action", c=church, a=members,
+            "SELECT action, count(*) FROM opt_out_events WHERE church_id = CAST(:c AS uuid)"
+            " AND address_hash = ANY(CAST(:a AS bytea[])) GROUP BY action", c=church, a=hashes,
         ))  # fmt: skip
         opted_out = int(self.svc.pool.run(
-            "SELECT count(*) FROM opt_outs WHERE church_id = CAST(:c AS uuid) AND address = ANY(:a)", c=church, a=members
+            "SELECT count(*) FROM opt_outs WHERE church_id = CAST(:c AS uuid) AND address_hash = ANY(CAST(:a AS bytea[]))",
+            c=church, a=hashes,
         )[0][0])  # fmt: skip
         confirmations = int(self.svc.pool.run(
             "SELECT count(*) FROM messages WHERE church_id = CAST(:c AS uuid) AND purpose = 'compliance'"
-            " AND to_address = ANY(:a)", c=church, a=members,
+            " AND to_hash = ANY(CAST(:a AS bytea[]))", c=church, a=hashes,
         )[0][0])  # fmt: skip
         events_added = self.events_count() - events_before
         results = Counter(a.result for a in answers)

@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL (transport only)")
     enable_queues: bool = Field(default=True, description="false: send inline, no Redis queue")
     encryption_key: str = Field(description="expected base64 of 32 random bytes (the AES-256 key for data at rest)")
+    encryption_keys_old: str = Field(
+        default="", description="comma-separated base64 keys that only decrypt (kept until `koinonia rotate-key` ends)"
+    )
+    lookup_key: str = Field(description="expected base64 of 32 random bytes (the HMAC key for lookups by phone)")
     telnyx_api_key: str = Field(min_length=1, description="expected the Telnyx API key (KEY...)")
     telnyx_base_url: str = Field(description="expected the Telnyx API base URL, e.g. https://api.telnyx.com/v2 or the sandbox")
     telnyx_public_key: str | None = Field(default=None, description="base64 Ed25519 public key (webhooks)")
@@ -124,6 +128,20 @@ class Settings(BaseSettings):
     dlq_alert_growth: int = Field(default=100, ge=1, description="alert when this many arrived in the last hour")
     scheduler_budget_s: float = Field(default=50.0, gt=0, le=900, description="seconds one retry-scheduler run loops")
     wake_queue_url: str | None = Field(default=None, description="SQS queue that wakes queue-consume in the cloud")
+    # Mail through Amazon SES (common/mail/); AWS credentials come from the usual AWS chain, never from here
+    mail_from: str | None = Field(
+        default=None, pattern=r"^[^<>@\s]+@[^<>@\s]+$|^[^<>]*<[^<>@\s]+@[^<>@\s]+>$",
+        description="the SES-verified From address: news@church.org or 'Grace Church <news@church.org>'",
+    )  # fmt: skip
+    ses_region: str = Field(default="us-east-1", pattern=r"^[a-z]{2}(-[a-z]+)+-\d$", description="AWS region of SES")
+    ses_endpoint_url: str | None = Field(default=None, pattern=r"^https?://\S+$", description="SES endpoint (local moto server)")
+    ses_configuration_set: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="SES configuration set (event publishing)"
+    )
+    ses_max_send_rate: float = Field(
+        default=14.0, gt=0, le=10_000,
+        description="the SES account's maximum send rate, mails/s (14: a new production account's; the sandbox's is 1)",
+    )  # fmt: skip
     # Rate limits and quotas (common/limits/, common/billing/quota.py)
     trusted_proxy: Literal["none", "lambda", "x-forwarded-for"] = Field(
         default="none", description="where the client address comes from: none (TCP peer), lambda, x-forwarded-for"
@@ -137,6 +155,24 @@ class Settings(BaseSettings):
         default=86_400.0, gt=0, le=31 * 86_400, description="period of CHURCH_BULK_RECIPIENTS_LIMIT (s)"
     )
     quota_cache_ttl_s: float = Field(default=30.0, gt=0, le=3_600, description="how long a church's remaining quota is cached")
+    # MMS media check (common/media.py)
+    media_check_timeout_s: float = Field(
+        default=3.0, gt=0, le=30, description="seconds the MMS media check may take in all (every URL in parallel)"
+    )
+    media_ca_bundle: str | None = Field(
+        default=None, description="a PEM file of CA certificates trusted besides the public roots when checking media URLs"
+    )
+
+    @field_validator("media_ca_bundle")
+    @classmethod
+    def _check_media_ca_bundle(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                with open(value, "rb"):
+                    pass
+            except OSError:
+                raise ValueError("expected a readable PEM file of CA certificates") from None
+        return value or None
 
     @field_validator("database_url")
     @classmethod
@@ -155,6 +191,19 @@ class Settings(BaseSettings):
     @classmethod
     def _check_encryption_key(cls, value: str) -> str:
         _decode_key(value, 32, "make one with: python -c 'import os,base64;print(base64.b64encode(os.urandom(32)).decode())'")
+        return value
+
+    @field_validator("lookup_key")
+    @classmethod
+    def _check_lookup_key(cls, value: str) -> str:
+        _decode_key(value, 32, "make one as ENCRYPTION_KEY; keep it for good: lookups by phone depend on it")
+        return value
+
+    @field_validator("encryption_keys_old")
+    @classmethod
+    def _check_old_keys(cls, value: str) -> str:
+        for part in filter(None, (p.strip() for p in value.split(","))):
+            _decode_key(part, 32, "each an earlier ENCRYPTION_KEY, comma-separated")
         return value
 
     @field_validator("telnyx_public_key")
@@ -178,6 +227,14 @@ class Settings(BaseSettings):
     @property
     def encryption_key_bytes(self) -> bytes:
         return base64.b64decode(self.encryption_key)
+
+    @property
+    def old_encryption_keys_bytes(self) -> list[bytes]:
+        return [base64.b64decode(p.strip()) for p in self.encryption_keys_old.split(",") if p.strip()]
+
+    @property
+    def lookup_key_bytes(self) -> bytes:
+        return base64.b64decode(self.lookup_key)
 
 
 class ConfigurationError(Exception):

@@ -1,4 +1,5 @@
-"""queue-consume: take messages off Redis, claim them in PostgreSQL, send them, record what happened.
+"""queue-consume: take messages off Redis, claim them in PostgreSQL, send them (texts through Telnyx, mail
+through SES: common/delivery.py ``send_claimed``), record what happened.
 
 One ``Consumer.run(budget)`` drains until the budget (messages or seconds) is spent, or, with
 ``stop_when_idle``, until there is nothing left to do. The shape of the loop:
@@ -33,10 +34,12 @@ import pg8000.native
 import redis.asyncio
 from pydantic import ConfigDict, Field
 
+from common.analytics import Event
+from common.analytics.events import aemit, claim_events, status_events
 from common.carrier import CarrierResult, TelnyxClient
 from common.db.pool import DatabaseUnavailable, Pool
 from common.dead_letters.counters import counter_key
-from common.delivery import decide, outbound
+from common.delivery import MailCourier, Mailer, decide, send_claimed
 from common.messages import store
 from common.messages.store import ClaimedMessage, Outcome
 from common.queue import AsyncMessageQueue, Lease
@@ -119,10 +122,14 @@ class ConsumerConfig:
 
 
 class Consumer:
-    def __init__(self, pool: Pool, queue: AsyncMessageQueue, carrier: TelnyxClient, config: ConsumerConfig) -> None:
+    def __init__(
+        self, pool: Pool, queue: AsyncMessageQueue, carrier: TelnyxClient, config: ConsumerConfig,
+        mail: MailCourier | None = None,
+    ) -> None:  # fmt: skip
         self.pool = pool
         self.queue = queue
         self.carrier = carrier
+        self.mail = mail  # SES, for channel 'mail' (common/delivery.py); texts go to ``carrier``
         self.config = config
         self.report = ConsumeReport()
         self._pending: list[_Pending] = []
@@ -209,6 +216,7 @@ class Consumer:
     async def _claim(self, leases: Sequence[Lease]) -> list[tuple[ClaimedMessage, Lease, str]]:
         by_id = {lease.message_id: lease for lease in leases}
         claim = await asyncio.to_thread(store.claim, self.pool, list(by_id), lease_s=self.config.lease_s)
+        await self._emit(claim_events(claim))
         self.report.claimed += len(claim.sendable)
         for settled in claim.settled:
             if settled.status == "suppressed":
@@ -237,7 +245,7 @@ class Consumer:
 
     async def _deliver(self, message: ClaimedMessage, lease: Lease, token: str) -> None:
         try:
-            result: CarrierResult = await self.carrier.send(outbound(message))
+            result: CarrierResult = await send_claimed(message, self.carrier, self.mail)
             if result.maybe_accepted:
                 self.report.maybe_duplicate += 1
             outcome = decide(message, result, datetime.now(UTC), self.config.policy)
@@ -271,12 +279,14 @@ class Consumer:
         by_token: dict[str, list[_Pending]] = defaultdict(list)
         for item in batch:
             by_token[item.token].append(item)
+        changes: dict[str, str] = {}  # message id -> the status written: the batch's analytics events
         for token, items in by_token.items():
             written = await self._record(token, [i.outcome for i in items])
             if written is None:  # PostgreSQL stayed down for the whole budget: the leases will expire
                 logger.error("outcomes not recorded; their messages will be retried after the lease",
                              extra={"fields": {"count": len(items)}})  # fmt: skip
                 continue
+            changes.update((i.outcome.message_id, i.outcome.status) for i in items if i.outcome.message_id in written)
             claimed = self._claims.get(token)
             acks: list[Lease] = []
             retries: list[tuple[Lease, int]] = []
@@ -304,6 +314,7 @@ class Consumer:
             # claim finds the rows settled (acked then) or due (retried then). Nothing is lost.
             await self._redis_quietly(self.queue.ack(acks) if acks else None, "ack")
             await self._redis_quietly(self.queue.retry_later(retries) if retries else None, "retry_later")
+        await self._emit(status_events(changes))
 
     async def _record(self, token: str, outcomes: list[Outcome]) -> set[str] | None:
         """Write outcomes, waiting out a PostgreSQL restart: these answers are the carrier's, and losing
@@ -318,6 +329,13 @@ class Consumer:
                 logger.warning("recording outcomes failed; retrying", extra={"fields": {"error": type(exc).__name__}})
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 2.0)
+
+    async def _emit(self, events: list[Event]) -> None:
+        """Analytics events (common/analytics), after the commit that made them; never raises. Awaited, on the
+        client's own connection, after the batch's acks: concurrent tasks would open more connections (each with
+        the short connect timeout) and make the queue's own calls time out under load."""
+        if events:
+            await aemit(self.queue.client, self.queue.keys.prefix, self.pool, events)
 
     async def _redis_quietly(self, call: Awaitable[object] | None, what: str) -> None:
         if call is None:
@@ -358,8 +376,11 @@ async def _wait(event: asyncio.Event, timeout_s: float) -> None:
         await asyncio.wait_for(event.wait(), timeout=max(0.0, timeout_s))
 
 
-async def run_consumer(rt: Runtime, budget: ConsumeBudget) -> ConsumeReport:
-    """One consumer with its own event-loop-bound clients (Redis, carrier), for one budget."""
+async def run_consumer(rt: Runtime, budget: ConsumeBudget, *, mailer: Mailer | None = None) -> ConsumeReport:
+    """One consumer with its own event-loop-bound clients (Redis, carrier, SES), for one budget.
+
+    ``mailer``: send mail through this ``SesMailer`` (the caller's, left open) instead of one made from the
+    settings at the first mail; the seam tests inject SES faults through."""
     settings = rt.settings
     client = redis.asyncio.Redis.from_url(
         settings.redis_url,
@@ -371,8 +392,9 @@ async def run_consumer(rt: Runtime, budget: ConsumeBudget) -> ConsumeReport:
         concurrency=settings.consumer_concurrency, batch=settings.consumer_batch, lease_s=settings.lease_s
     )
     try:
-        async with rt.carrier(max_connections=config.concurrency) as carrier:
+        mail = MailCourier.using(mailer) if mailer is not None else rt.mail(max_concurrency=min(config.concurrency, 32))
+        async with rt.carrier(max_connections=config.concurrency) as carrier, mail:
             queue = AsyncMessageQueue(client, settings.redis_key_prefix, queue_config(settings))
-            return await Consumer(rt.pool, queue, carrier, config).run(budget)
+            return await Consumer(rt.pool, queue, carrier, config, mail).run(budget)
     finally:
         await client.aclose()

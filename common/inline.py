@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from common.carrier import TelnyxClient
 from common.db.pool import Pool
-from common.delivery import decide, outbound
+from common.delivery import MailCourier, decide, send_claimed
 from common.messages import store
 from common.messages.store import ClaimedMessage, Outcome
 from common.retry_policy import RetryPolicy, default_policy
@@ -47,8 +47,11 @@ async def deliver_inline(
     concurrency: int = 50,
     lease_s: float = 60.0,
     policy: RetryPolicy = default_policy,
+    mail: MailCourier | None = None,
 ) -> dict[str, str]:
-    """Send what can be sent within ``budget_s``; return the status of every id this call settled."""
+    """Send what can be sent within ``budget_s``; return the status of every id this call settled.
+
+    Texts go to ``carrier``, mail to ``mail`` (SES; common/delivery.py ``send_claimed``)."""
     deadline = time.monotonic() + budget_s
     claim = await asyncio.to_thread(store.claim, pool, list(ids), lease_s=lease_s)
     statuses = {m.id: m.status for m in claim.settled + claim.held}
@@ -64,7 +67,7 @@ async def deliver_inline(
             return
         await asyncio.sleep(max(0.0, start_at - time.monotonic()))
         async with slots:
-            result = await carrier.send(outbound(message))
+            result = await send_claimed(message, carrier, mail)
             outcomes.append(decide(message, result, datetime.now(UTC), policy))
 
     await asyncio.gather(*(one(m) for m in claim.sendable))

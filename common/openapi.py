@@ -25,10 +25,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from common.analytics.api import DAILY_400
+from common.analytics.api import max_days as analytics_max_days
 from common.auth.api import KeyCreateRequest
 from common.consume import ConsumeEvent, ConsumeRequest
 from common.dead_letters.api import ArchiveBody, PurgeBody, ReplayBody, TickEvent
 from common.dead_letters.queries import max_limit as dlq_max_limit
+from common.media import MESSAGES as MEDIA_MESSAGES
+from common.media import WARNING_CODES as MEDIA_WARNING_CODES
 from common.messages.read_api import max_limit
 from common.privacy.api import DELETION_422, DeletionRequest
 from common.scheduler import SchedulerEvent, SchedulerRequest
@@ -120,6 +124,7 @@ _HEALTH = {503: "unhealthy or not ready: the body says which check failed"}
 _SEND_422 = (
     "invalid_idempotency_key", "text_too_long", "invalid_recipients", "no_recipients", "recipients_opted_out",
     "invalid_from", "unknown_sender", "no_sender", "unknown_group",
+    *sorted(MEDIA_MESSAGES.keys() - MEDIA_WARNING_CODES),  # an MMS's media check refuses (common/media.py)
 )  # fmt: skip
 
 # API keys and the audit trail (common/auth/api.py): a church's own, and the operator's for any church.
@@ -154,10 +159,37 @@ _KEYS_OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
 }  # fmt: skip
 
+# Usage, broadcast reports and daily aggregates (common/analytics/api.py): the calling church's own.
+_DAY_PARAM = {"type": "string", "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}$"}
+_ANALYTICS_OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("GET", "/usage"): Operation(
+        "the current billing period: plan, period, allowance, used, remaining, billed segments by channel",
+        errors={404: ("no_subscription",)},
+        description="Counted from the messages when asked (the numbers the quota enforces), not from the aggregates.",
+    ),
+    ("GET", "/broadcasts/{broadcast_id}/report"): Operation(
+        "one broadcast's delivery: delivered, sent, failed (per error code), opted out, expired, pending",
+        errors={404: ("not_found",)},
+        description="Counted from the broadcast's messages when asked. Another church's broadcast is 404.",
+    ),
+    ("GET", "/analytics/daily"): Operation(
+        "per day (the church's calendar) and channel: counts, segments, billed segments, cost, delivery rate, "
+        "median time to delivery, replies, opt-outs",
+        params=(
+            Param("from", schema=_or_empty(_DAY_PARAM), description="first day, inclusive (default: 29 days before to)"),
+            Param("to", schema=_or_empty(_DAY_PARAM), description="last day, inclusive (default: today)"),
+            Param("channel", schema=_or_empty({"type": "string", "enum": ["sms", "mms", "mail"]})),
+        ),
+        errors={400: DAILY_400},
+        description=f"At most {analytics_max_days} days per call. Rows are recomputed from the messages as they change "
+        "(each says when: computed_at); a day with nothing has no row.",
+    ),
+}
+
 OPERATIONS: dict[str, dict[tuple[str, str], Operation]] = {
     "send": {
         ("POST", "/messages"): Operation(
-            "accept an SMS/MMS for numbers and/or groups",
+            "accept an SMS/MMS for numbers and/or groups, or a mail for email addresses and/or groups",
             body=SendRequest,
             success=202,
             params=(
@@ -173,7 +205,12 @@ OPERATIONS: dict[str, dict[tuple[str, str], Operation]] = {
                 409: ("idempotency_conflict",),
                 422: _SEND_422,
                 429: ("send_rate_limited", "bulk_recipients_limited"),
+                503: ("mail_not_configured",),  # channel mail without MAIL_FROM (common/send/service.py)
             },
+            description="An MMS's media_urls are checked before anything is written (https, at most 10, each URL's "
+            "type and size probed where reachable, under 1 MB in all): a problem is 422 naming media_urls[i] (every "
+            "problem in details). What could not be checked, and a total over the 600 KB carrier-safe size, come back "
+            "in the 202 answer as warnings: [{field, code, message}].",
         ),
         ("GET", "/messages"): Operation(
             "the church's messages, newest first, or one broadcast's recipients",
@@ -192,6 +229,7 @@ OPERATIONS: dict[str, dict[tuple[str, str], Operation]] = {
             errors={422: DELETION_422},
             description="Idempotent: a repeat finds nothing left and answers erased: false. Billing counts stay.",
         ),
+        **_ANALYTICS_OPERATIONS,
         **_KEYS_OPERATIONS,
         ("GET", "/openapi.json"): _SPEC,
     },

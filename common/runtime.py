@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from common.carrier import TelnyxClient
 from common.config import Settings, get_settings
@@ -11,6 +12,9 @@ from common.db import get_pool
 from common.db.pool import Pool
 from common.queue import MessageQueue, QueueConfig
 from common.redis_client import RedisGate, get_redis
+
+if TYPE_CHECKING:
+    from common.delivery import MailCourier
 
 
 @dataclass(frozen=True)
@@ -32,11 +36,19 @@ class Runtime:
             webhook_url=self.settings.telnyx_webhook_url,
         )
 
+    def mail(self, max_concurrency: int = 32) -> MailCourier:
+        """The SES side for one event loop (its mailer is made at the first mail: boto3 only when needed)."""
+        from common.delivery import MailCourier
+
+        return MailCourier.from_settings(self.settings, max_concurrency=max_concurrency)
+
 
 def queue_config(settings: Settings) -> QueueConfig:
     return QueueConfig(
         account_sms_per_s=settings.account_sms_per_second,
         account_mms_per_s=settings.account_mms_per_second,
+        # SES's maximum send rate is the account's: mail's account bucket, and the From address's (common/send/service.py)
+        account_mail_per_s=settings.ses_max_send_rate,
     )
 
 

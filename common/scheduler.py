@@ -11,7 +11,12 @@ Cloud schedules tick once a minute, so one invocation loops for its budget and m
 4. when Redis is disabled or down: sends due messages inline from PostgreSQL, claiming them first;
 5. first of all, applies delivery receipts that arrived before their message was ready for them
    (common/messages/receipts.py), so a receipt is never left behind; every ``prune_interval_s`` it
-   deletes webhook event ids and receipts older than a week.
+   deletes webhook event ids and receipts older than a week;
+6. every ``analytics_interval_s``: runs the analytics processor (common/analytics/processor.py) for a short
+   budget: stream entries and marked buckets in, recomputed daily aggregates out. When its read finds the
+   stream gone (Redis lost its data) it marks the recent days of active churches for recompute, as
+   reconcile re-enqueues from PostgreSQL what the queue lost. With Redis down it still recomputes the
+   buckets marked in PostgreSQL.
 
 Several instances at once are safe without a lock: promote and reclaim are atomic scripts, enqueue is
 idempotent (an id is held once), and inline sends go through the claim fence.
@@ -32,10 +37,12 @@ import pg8000.native
 import redis
 from pydantic import ConfigDict, Field
 
+from common.analytics import Event, EventType, Processor
+from common.analytics.events import emit, status_events
 from common.db.pool import DatabaseUnavailable
 from common.inline import deliver_inline
 from common.messages import receipts
-from common.queue import QueueItem, SenderLimit
+from common.queue import QueueItem, SenderKey, SenderLimit
 from common.redis_client import RedisUnavailable
 from common.request_models import StrictModel
 from common.runtime import Runtime
@@ -45,6 +52,7 @@ logger = logging.getLogger("koinonia.scheduler")
 pass_interval_s = 0.25
 reconcile_interval_s = 5.0
 prune_interval_s = 600.0  # webhook bookkeeping older than a week is deleted, a batch at a time
+analytics_interval_s = 1.0  # the analytics processor's turn (common/analytics/processor.py)
 reconcile_page = 2000
 # A row accepted this recently may still be on its way to Redis from `send`: leave it to `send`.
 reconcile_grace_s = 2.0
@@ -79,6 +87,11 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NIL = "00000000-0000-0000-0000-000000000000"
 
 
+def _rate_of(rates: tuple[float, float], channel: str) -> float:
+    """A number's rate on ``channel`` from its (SMS, MMS) pair: MMS has its own, anything else the SMS one."""
+    return rates[1] if channel == "mms" else rates[0]
+
+
 @dataclass
 class SchedulerReport:
     passes: int = 0
@@ -90,6 +103,8 @@ class SchedulerReport:
     inline_other: int = 0
     receipts_applied: int = 0
     webhook_rows_pruned: int = 0
+    analytics_entries: int = 0
+    analytics_buckets: int = 0
     seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -103,6 +118,8 @@ class Scheduler:
     _cursor: tuple[datetime, str] = (_EPOCH, _NIL)
     _last_reconcile: float = float("-inf")
     _last_prune: float = float("-inf")
+    _last_analytics: float = float("-inf")
+    _analytics: Processor | None = None
 
     def run(self, budget_s: float, stop: threading.Event | None = None) -> SchedulerReport:
         started = time.monotonic()
@@ -124,10 +141,15 @@ class Scheduler:
         self.report.passes += 1
         rt = self.rt
         # Delivery receipts that arrived before their message was ready for them (or without our id).
-        self.report.receipts_applied += receipts.apply_pending(rt.pool)
+        moved = receipts.apply_pending_ids(rt.pool)
+        self.report.receipts_applied += len(moved)
+        emit(rt, [Event.messages(EventType.receipt, moved)])  # analytics: best effort, never raises
         if time.monotonic() - self._last_prune >= prune_interval_s:
             self._last_prune = time.monotonic()
             self.report.webhook_rows_pruned += receipts.prune(rt.pool)
+        if time.monotonic() - self._last_analytics >= analytics_interval_s:
+            self._last_analytics = time.monotonic()
+            self.process_analytics()
         if rt.settings.enable_queues:
             try:
                 self.report.promoted += rt.redis.call(lambda _c: rt.queue.promote_due(limit=5000))
@@ -140,6 +162,14 @@ class Scheduler:
                 logger.warning("Redis unavailable; sending due messages inline",
                                extra={"fields": {"error": type(exc).__name__}})  # fmt: skip
         self.send_inline(now)
+
+    def process_analytics(self) -> None:
+        """The analytics processor's turn (Redis problems are handled inside; PostgreSQL's skip the pass)."""
+        if self._analytics is None:
+            self._analytics = Processor(self.rt)
+        done = self._analytics.drain()
+        self.report.analytics_entries += done.entries
+        self.report.analytics_buckets += done.buckets
 
     # -- reconcile -------------------------------------------------------------------------------
 
@@ -167,13 +197,22 @@ class Scheduler:
                 logger.info("re-enqueued messages Redis did not hold", extra={"fields": {"count": added}})
         return len(missing)
 
-    def _sender_limits(self, rows: list[list[Any]]) -> dict[str, SenderLimit]:
-        phones = sorted({r[4] for r in rows if r[4]})
-        limits: dict[str, SenderLimit] = {}
-        for _church, phone, sms_rate, _mms_rate in self.rt.pool.run(SENDER_RATES_SQL, phones=phones):
-            rate = float(sms_rate)
-            limits[phone] = SenderLimit(rate, max(1, int(rate // 10)))
-        return limits
+    def _sender_limits(self, rows: list[list[Any]]) -> dict[SenderKey, SenderLimit]:
+        """Each (channel, number)'s configured rate, as ``send`` sets it: a number's MMS and SMS apart."""
+        rates = self._sender_rates(sorted({r[4] for r in rows if r[4]}))
+        return {
+            (r[3], r[4]): SenderLimit.for_rate(_rate_of(rates[r[4]], r[3])) for r in rows if r[4] and r[4] in rates
+        }
+
+    def _sender_rates(self, phones: list[str]) -> dict[str, tuple[float, float]]:
+        """phone -> (SMS per second, MMS per second) from ``sender_numbers``; a mail's From address (never a
+        number: it has an @) -> the SES account's rate, ``SES_MAX_SEND_RATE``, as ``send`` sets it."""
+        ses = self.rt.settings.ses_max_send_rate
+        rates = {phone: (ses, ses) for phone in phones if "@" in phone}
+        rates.update(
+            {phone: (float(sms), float(mms)) for _c, phone, sms, mms in self.rt.pool.run(SENDER_RATES_SQL, phones=phones)}
+        )
+        return rates
 
     # -- Redis down ------------------------------------------------------------------------------
 
@@ -183,28 +222,30 @@ class Scheduler:
         at = now or datetime.now(UTC)
         rows = self.rt.pool.run(DUE_PAGE_SQL, now=at, after_at=_EPOCH, after_id=_NIL, limit=500)
         rows += self.rt.pool.run(STALE_LEASES_SQL, now=at, limit=500)
-        by_sender: dict[str, list[str]] = defaultdict(list)
+        by_sender: dict[tuple[str, str], list[str]] = defaultdict(list)  # (channel, number) -> ids
         for row in rows:
-            by_sender[row[4] or ""].append(row[0])
+            by_sender[(row[3], row[4] or "")].append(row[0])
         if not by_sender:
             return
-        rates = {phone: float(r) for _c, phone, r, _m in self.rt.pool.run(SENDER_RATES_SQL, phones=list(by_sender))}
+        rates = self._sender_rates(sorted({phone for _channel, phone in by_sender}))
 
         async def run() -> list[dict[str, str]]:
-            async with self.rt.carrier(max_connections=50) as carrier:
+            async with self.rt.carrier(max_connections=50) as carrier, self.rt.mail() as mail:
                 return [
                     await deliver_inline(
                         self.rt.pool,
                         carrier,
                         ids,
                         budget_s=self.rt.settings.inline_budget_s,
-                        per_second=rates.get(sender, 1.0),
+                        per_second=_rate_of(rates[sender], channel) if sender in rates else 1.0,
                         lease_s=self.rt.settings.lease_s,
+                        mail=mail,
                     )
-                    for sender, ids in by_sender.items()
+                    for (channel, sender), ids in by_sender.items()
                 ]
 
         for statuses in asyncio.run(run()):
+            emit(self.rt, status_events(statuses))  # common/analytics: best effort, never raises
             for status in statuses.values():
                 if status == "sent":
                     self.report.inline_sent += 1

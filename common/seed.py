@@ -1,7 +1,8 @@
 """The demo church the local stack starts with: a church, an API key, a sending number, a group.
 
 Idempotent: running it again keeps the church and its data and issues a fresh API key (the old one is
-revoked, since a key cannot be shown twice).
+revoked, since a key cannot be shown twice). The members' numbers and names are stored sealed, the
+numbers with their lookup hashes (common/privacy/crypto.py), as every contact is.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from common.auth.api_keys import issue_key
 from common.db.pool import Pool
 from common.ids import uuid7
+from common.privacy import crypto
 
 DEMO_CHURCH_NAME = "Grace Fellowship (demo)"
 DEMO_SENDER = "+15005550006"
@@ -77,17 +79,20 @@ def seed_demo(pool: Pool) -> DemoChurch:
             church=church_id,
         )
         group_id = group_rows[0][0]
+        ring = crypto.keyring()
         for first, last, phone in DEMO_MEMBERS:
             contact = conn.run(
-                "INSERT INTO contacts (id, church_id, phone, first_name, last_name)"
-                " VALUES (:id, :church, :phone, :first, :last)"
-                " ON CONFLICT (church_id, phone) WHERE phone IS NOT NULL DO UPDATE SET first_name = EXCLUDED.first_name"
+                "INSERT INTO contacts (id, church_id, phone_enc, phone_hash, first_name_enc, last_name_enc)"
+                " VALUES (:id, :church, :phone, :phone_hash, :first, :last)"
+                " ON CONFLICT (church_id, phone_hash) WHERE phone_hash IS NOT NULL"
+                " DO UPDATE SET first_name_enc = EXCLUDED.first_name_enc"
                 " RETURNING id",
                 id=uuid7(),
                 church=church_id,
-                phone=phone,
-                first=first,
-                last=last,
+                phone=ring.seal(phone, "address"),
+                phone_hash=ring.lookup_hash(str(church_id), phone),
+                first=ring.seal(first, "name"),
+                last=ring.seal(last, "name"),
             )
             conn.run(
                 "INSERT INTO group_members (group_id, contact_id) VALUES (:g, :c) ON CONFLICT DO NOTHING",

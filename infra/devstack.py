@@ -7,9 +7,16 @@ What it runs, in order:
    ``ENCRYPTION_KEY`` is generated once into ``<home>/secrets.env`` when none is configured.
 2. Migrations, then the demo church (its API key is printed once, in the banner).
 3. The Telnyx sandbox (``python -m infra.telnyx_sandbox``) on ``--base-port``.
-4. Every ``functions/<name>/main.py`` under functions-framework, each in its own process on its own
+4. The local SES: moto's server (``python -m moto.server``) on base+7, unless ``SES_ENDPOINT_URL`` is
+   configured; the children get its URL, ``MAIL_FROM`` (``church@koinonia.local`` unless configured) and
+   fake AWS credentials, and the From address is verified in it at every start (moto keeps nothing).
+5. Every ``functions/<name>/main.py`` under functions-framework, each in its own process on its own
    port (``health`` on base+1), logging to ``<home>/logs/<name>.log``.
-5. A scheduler thread that POSTs to the scheduled functions as the cloud scheduler would.
+6. A scheduler thread that POSTs to the scheduled functions as the cloud scheduler would.
+
+moto runs as a child process like the sandbox rather than as moto's ``ThreadedMotoServer`` inside this
+process: it is stopped by the same Ctrl-C path (its own process group, SIGTERM then SIGKILL), logs to its
+own file, and its imports and request handling stay out of the process that supervises everything else.
 
 Every child runs in its own process group; on SIGINT/SIGTERM each group gets SIGTERM, then SIGKILL
 after a grace period, and is reaped; then the embedded Redis and PostgreSQL are stopped. Nothing
@@ -33,6 +40,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from email.utils import parseaddr
 from pathlib import Path
 from types import FrameType
 from typing import IO
@@ -63,10 +71,14 @@ SCHEDULE_SCALE_ENV = "KOINONIA_DEV_SCHEDULE_SCALE"  # e.g. 0.01: every interval 
 SCHEDULER_SOURCE = "koinonia.dev-scheduler"
 SCHEDULE_PATH = "/events"
 
-# Port layout: sandbox on base, these functions on base+1, base+2, ... (so health is always base+1),
-# any other function after them in name order, embedded Redis on base+90.
+# Port layout: sandbox on base, these functions on base+1, base+2, ... (so health is always base+1), the
+# local SES (moto) after them on base+7, any other function after that in name order, embedded Redis on base+90.
 FUNCTION_ORDER: tuple[str, ...] = ("health", "send", "queue-consume", "retry-scheduler", "dlq-drain", "webhooks")
+SES_PORT_OFFSET = len(FUNCTION_ORDER) + 1
 REDIS_PORT_OFFSET = 90
+DEV_MAIL_FROM = "church@koinonia.local"
+# The children's AWS credentials when moto is ours: fake, so nothing a developer has configured reaches AWS.
+FAKE_AWS_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}
 
 start_timeout_s = 60.0  # per service: sandbox line, every function answering
 stop_grace_s = 8.0  # SIGTERM -> SIGKILL
@@ -253,7 +265,7 @@ def discover_functions(functions_dir: Path = FUNCTIONS_DIR) -> list[str]:
 def function_ports(names: Iterable[str], base_port: int) -> dict[str, int]:
     """Known functions keep their port whatever else exists; others follow in name order."""
     ports: dict[str, int] = {}
-    extra = len(FUNCTION_ORDER) + 1
+    extra = SES_PORT_OFFSET + 1
     for name in sorted(names):
         if name in FUNCTION_ORDER:
             ports[name] = base_port + 1 + FUNCTION_ORDER.index(name)
@@ -343,6 +355,8 @@ class DevStack:
         self.postgres: PostgresProcess | None = None
         self.redis: RedisProcess | None = None
         self.sandbox: Child | None = None
+        self.ses: Child | None = None  # moto, when SES_ENDPOINT_URL is not configured
+        self.ses_endpoint: str | None = None
         self.functions: list[Child] = []
         self.scheduler: DevScheduler | None = None
         self.scheduler_log: IO[str] | None = None
@@ -373,11 +387,15 @@ class DevStack:
         configured.update({k: v for k, v in os.environ.items() if v != ""})
         if self._embedded_redis_needed(configured):
             _require_free(self.base_port + REDIS_PORT_OFFSET, "the embedded redis-server")
+        if not configured.get(constants.SES_ENDPOINT_URL_ENV):
+            _require_free(self.base_port + SES_PORT_OFFSET, "the local SES (moto)")
         self._settings(configured)
         self._checkpoint()
         self._database()
         self._checkpoint()
         self._start_sandbox()
+        self._checkpoint()
+        self._start_ses(configured)
         self._checkpoint()
         self._start_functions(names, ports)
         self._start_consumer()
@@ -435,8 +453,9 @@ class DevStack:
             env[constants.REDIS_URL_ENV] = self.redis.url
             _say(f"redis: embedded redis-server on 127.0.0.1:{port}, data in {redis_dir}")
 
-        if not configured.get(constants.ENCRYPTION_KEY_ENV):
-            env[constants.ENCRYPTION_KEY_ENV] = self._home_encryption_key()
+        for name in (constants.ENCRYPTION_KEY_ENV, constants.LOOKUP_KEY_ENV):
+            if not configured.get(name):
+                env[name] = self._home_secret_key(name)
         env[constants.TELNYX_API_KEY_ENV] = configured.get(constants.TELNYX_API_KEY_ENV) or SANDBOX_API_KEY
         if configured.get(constants.TELNYX_BASE_URL_ENV):
             env[constants.TELNYX_BASE_URL_ENV] = configured[constants.TELNYX_BASE_URL_ENV]
@@ -451,6 +470,12 @@ class DevStack:
                 env[constants.TELNYX_PUBLIC_KEY_ENV] = base64.b64encode(signing.public_key().public_bytes_raw()).decode()
         if "webhooks" in self.ports and not configured.get(constants.TELNYX_WEBHOOK_URL_ENV):
             env[constants.TELNYX_WEBHOOK_URL_ENV] = f"http://127.0.0.1:{self.ports['webhooks']}/webhooks/telnyx"
+        env[constants.MAIL_FROM_ENV] = configured.get(constants.MAIL_FROM_ENV) or DEV_MAIL_FROM
+        if configured.get(constants.SES_ENDPOINT_URL_ENV):
+            self.ses_endpoint = configured[constants.SES_ENDPOINT_URL_ENV]
+        else:
+            self.ses_endpoint = env[constants.SES_ENDPOINT_URL_ENV] = f"http://127.0.0.1:{self.base_port + SES_PORT_OFFSET}"
+            env.update(FAKE_AWS_CREDENTIALS)
         env[constants.APP_ENV_ENV] = "development"
         self.env = env
 
@@ -460,18 +485,18 @@ class DevStack:
         except ConfigurationError as exc:
             raise StartupError(f"{exc}; fix it in .env or the environment") from exc
 
-    def _home_encryption_key(self) -> str:
+    def _home_secret_key(self, name: str) -> str:
         secrets_path = self.home / "secrets.env"
-        key = _read_env_file(secrets_path).get(constants.ENCRYPTION_KEY_ENV)
+        key = _read_env_file(secrets_path).get(name)
         if key:
-            _say(f"encryption key: from {secrets_path}")
+            _say(f"{name}: from {secrets_path}")
             return key
         key = base64.b64encode(os.urandom(32)).decode()
         fd = os.open(secrets_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "a", encoding="utf-8") as handle:
-            handle.write("# generated by koinonia dev; keep it: data at rest is encrypted with it\n")
-            handle.write(f"{constants.ENCRYPTION_KEY_ENV}={key}\n")
-        _say(f"encryption key: generated, kept in {secrets_path}")
+            handle.write("# generated by koinonia dev; keep it: data at rest is encrypted and looked up with it\n")
+            handle.write(f"{name}={key}\n")
+        _say(f"{name}: generated, kept in {secrets_path}")
         return key
 
     def _database(self) -> None:
@@ -553,6 +578,39 @@ class DevStack:
                 )
         child.url = found[0].rstrip("/")
         _say(f"telnyx sandbox: listening on {child.url}")
+
+    def _start_ses(self, configured: Mapping[str, str]) -> None:
+        """moto's server as the local SES (unless SES_ENDPOINT_URL names one), with MAIL_FROM verified in it."""
+        mail_from = self.env[constants.MAIL_FROM_ENV]
+        if configured.get(constants.SES_ENDPOINT_URL_ENV):
+            _say(f"mail: using SES_ENDPOINT_URL ({_where(self.ses_endpoint or '')}); verify MAIL_FROM {mail_from} there")
+            return
+        port = self.base_port + SES_PORT_OFFSET
+        log_path = self.logs / "ses-moto.log"
+        log_file = log_path.open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT, env=self._child_env(),
+            start_new_session=True,
+        )  # fmt: skip
+        child = Child("local SES (moto)", process, log_path, f"http://127.0.0.1:{port}", log_file)
+        self.ses = child
+        deadline = time.monotonic() + start_timeout_s
+        with httpx.Client(timeout=2.0) as client:
+            while not _answers_moto(client, child.url):
+                self._checkpoint()
+                if process.poll() is not None:
+                    raise StartupError(
+                        f"the local SES (moto) exited at start (code {process.returncode}); see {log_path}"
+                        " (moto comes with the dev extras: pip install -e '.[local,dev]')",
+                        _tail(log_path),
+                    )
+                if time.monotonic() > deadline:
+                    raise StartupError(f"the local SES (moto) did not answer within {start_timeout_s:g}s; see {log_path}",
+                                       _tail(log_path))  # fmt: skip
+                self.stopping.wait(_poll_s * 2)
+        _verify_sender(child.url, load_settings().ses_region, mail_from)
+        _say(f"local SES (moto): listening on {child.url}; MAIL_FROM {mail_from} verified")
 
     def _start_functions(self, names: list[str], ports: Mapping[str, int]) -> None:
         env = self._child_env()
@@ -655,6 +713,9 @@ class DevStack:
         _say("koinonia dev: the stack is up")
         if self.sandbox is not None:
             _say(f"  {'telnyx sandbox':<{width}} {self.sandbox.url}/v2")
+        if self.ses_endpoint is not None:
+            what = "moto" if self.ses is not None else "SES_ENDPOINT_URL"
+            _say(f"  {'local SES':<{width}} {self.ses_endpoint}  ({what}; mail from {self.env[constants.MAIL_FROM_ENV]})")
         for child in self.functions:
             _say(f"  {child.name:<{width}} {child.url}")
         if self.scheduler is not None and self.scheduler.targets:
@@ -677,6 +738,17 @@ class DevStack:
         if self.sandbox is not None and "webhooks" in self.ports:
             stop = json.dumps({"from": DEMO_MEMBERS[0][2], "to": self.demo.sender, "text": "STOP"})
             _say(f"  a member texts STOP: curl -s -X POST {self.sandbox.url}/_sandbox/inbound -d '{stop}'")
+        if send is not None and self.ses_endpoint is not None:
+            mail = json.dumps({
+                "channel": "mail", "to": ["ruth@example.org", "samuel@example.org"], "subject": "Sunday service",
+                "text": "Service starts at 10am Sunday", "html": "<p>Service starts at <b>10am</b> Sunday</p>",
+            })  # fmt: skip
+            _say(
+                f"  a mail: curl -s -X POST {send.url}/messages -H 'Authorization: Bearer {self.demo.api_key}'"
+                f" -H 'Content-Type: application/json' -d '{mail}'"
+            )
+            koinonia = Path(sys.executable).parent / "koinonia"
+            _say(f"  mail sent: {koinonia} mail sent --endpoint {self.ses_endpoint}   (--show: recipients unmasked)")
         if health is not None:
             _say(f"  then: curl -s {health.url}/health/detailed")
         _say(READY_LINE)
@@ -684,7 +756,7 @@ class DevStack:
     def watch(self) -> None:
         """Until a signal: report (once) any child that exits on its own."""
         while not self.stopping.wait(0.5):
-            for child in [*self.functions, *([self.sandbox] if self.sandbox else [])]:
+            for child in [*self.functions, *([self.sandbox] if self.sandbox else []), *([self.ses] if self.ses else [])]:
                 if not child.exit_reported and child.process.poll() is not None:
                     child.exit_reported = True
                     _say(
@@ -697,6 +769,7 @@ class DevStack:
     def started_summary(self) -> str:
         parts = ["functions"] if self.functions else []
         parts += ["sandbox"] if self.sandbox else []
+        parts += ["local SES"] if self.ses else []
         parts += ["embedded Redis"] if self.redis else []
         parts += ["embedded PostgreSQL"] if self.postgres else []
         return ", ".join(parts) or "nothing was started"
@@ -708,7 +781,7 @@ class DevStack:
             self.scheduler.stop()
         if self.scheduler_log is not None:
             self.scheduler_log.close()
-        children = [*self.functions, *([self.sandbox] if self.sandbox else [])]
+        children = [*self.functions, *([self.ses] if self.ses else []), *([self.sandbox] if self.sandbox else [])]
         if children:
             stop_children(children, stop_grace_s, self.hurry)
         if self.redis is not None:
@@ -777,6 +850,28 @@ def _answers(client: httpx.Client, child: Child) -> bool:
     except httpx.HTTPError:
         return False
     return True
+
+
+def _answers_moto(client: httpx.Client, url: str) -> bool:
+    try:
+        return client.get(f"{url}/moto-api/data.json").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _verify_sender(endpoint: str, region: str, mail_from: str) -> None:
+    """moto, like SES, sends only from a verified identity, and keeps nothing between starts: verify at each."""
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    address = parseaddr(mail_from)[1] or mail_from  # "Grace Church <news@church.org>" -> news@church.org
+    client = boto3.session.Session().client("ses", region_name=region, endpoint_url=endpoint)
+    try:
+        client.verify_email_identity(EmailAddress=address)
+    except (BotoCoreError, ClientError) as exc:
+        raise StartupError(f"could not verify MAIL_FROM in the local SES at {endpoint} ({type(exc).__name__})") from exc
+    finally:
+        client.close()
 
 
 def _functions_framework() -> list[str]:

@@ -138,6 +138,7 @@ def env(
         constants.REDIS_KEY_PREFIX_ENV: redis_prefix,
         constants.ENABLE_QUEUES_ENV: "true",
         constants.ENCRYPTION_KEY_ENV: base64.b64encode(os.urandom(32)).decode(),
+        constants.LOOKUP_KEY_ENV: base64.b64encode(os.urandom(32)).decode(),
         constants.TELNYX_API_KEY_ENV: "KEY_sandbox",
         constants.TELNYX_BASE_URL_ENV: "http://127.0.0.1:9/v2",
         constants.APP_ENV_ENV: "test",
@@ -192,3 +193,43 @@ def signer(send_env: Settings, monkeypatch: pytest.MonkeyPatch) -> Signer:
     s = Signer()
     set_env(monkeypatch, **{constants.TELNYX_PUBLIC_KEY_ENV: s.public_key})
     return s
+
+
+MAIL_SENDER = "news@grace.example.org"  # the From address of `mail_env`, verified in moto
+
+
+@pytest.fixture(scope="session")
+def moto_ses_server() -> Iterator[str]:
+    """moto's server mode (the local stack's SES) in this process on a free port; ``mail_env`` resets it per test."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def mail_env(send_env: Settings, moto_ses_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Settings]:
+    """``send_env`` with mail through moto (reset, ``MAIL_SENDER`` verified) and fake AWS credentials only: no
+    developer profile or config file can leak in, nothing can reach AWS. ``SES_MAX_SEND_RATE`` is high: the
+    tests are not about SES's rate."""
+    import boto3
+    import httpx
+
+    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SES", "AWS_ROLE_ARN"):
+        monkeypatch.delenv(name, raising=False)
+    set_env(
+        monkeypatch,
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_SESSION_TOKEN="testing",
+        AWS_CONFIG_FILE=str(tmp_path / "no-aws-config"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "no-aws-credentials"),
+        **{constants.MAIL_FROM_ENV: f"Grace Church <{MAIL_SENDER}>", constants.SES_ENDPOINT_URL_ENV: moto_ses_server,
+           constants.SES_MAX_SEND_RATE_ENV: "1000"},
+    )  # fmt: skip
+    httpx.post(f"{moto_ses_server}/moto-api/reset", timeout=5).raise_for_status()
+    admin = boto3.session.Session().client("ses", region_name="us-east-1", endpoint_url=moto_ses_server)
+    admin.verify_email_identity(EmailAddress=MAIL_SENDER)
+    admin.close()
+    yield get_settings()
+    rebuild_singletons()

@@ -1,12 +1,17 @@
-"""Rows the tests need, made through plain SQL (the same tables the product uses)."""
+"""Rows the tests need, made through plain SQL (the same tables the product uses).
+
+Contacts' numbers are sealed with their lookup hashes (common/privacy/crypto.py), so the settings must be
+loaded (the ``env`` fixture) before a church with members is made.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from common.auth.api_keys import issue_key
-from common.db.pool import Pool
+from common.db.pool import Connection, Pool
 from common.ids import uuid7
+from common.privacy import crypto
 
 
 @dataclass
@@ -64,16 +69,30 @@ def make_church(
                 id=str(uuid7()), c=church_id, a=allowance, w=mms_weight,
             )  # fmt: skip
         for phone in members or []:
-            contact = str(uuid7())
-            conn.run(
-                "INSERT INTO contacts (id, church_id, phone) VALUES (CAST(:id AS uuid), CAST(:c AS uuid), :p)",
-                id=contact, c=church_id, p=phone,
-            )  # fmt: skip
+            contact = add_contact(conn, church_id, phone)
             conn.run(
                 "INSERT INTO group_members (group_id, contact_id) VALUES (CAST(:g AS uuid), CAST(:c AS uuid))",
                 g=group_id, c=contact,
             )  # fmt: skip
     return Tenant(church_id, issued.key, sender, group_id, list(members or []))
+
+
+def add_contact(
+    conn: Connection | Pool, church_id: str, phone: str | None, *, email: str | None = None,
+    first_name: str | None = None, last_name: str | None = None,
+) -> str:  # fmt: skip
+    """One contact as the product stores it: number and email sealed with their lookup hashes, names sealed."""
+    contact = str(uuid7())
+    ring = crypto.keyring()
+    conn.run(
+        "INSERT INTO contacts (id, church_id, phone_enc, phone_hash, email_enc, email_hash, first_name_enc, last_name_enc)"
+        " VALUES (CAST(:id AS uuid), CAST(:c AS uuid), :p, :ph, :e, :eh, :first, :last)",
+        id=contact, c=church_id,
+        p=crypto.seal_optional(phone, "address"), ph=None if phone is None else ring.lookup_hash(church_id, phone),
+        e=crypto.seal_optional(email, "address"), eh=None if email is None else ring.lookup_hash(church_id, email),
+        first=crypto.seal_optional(first_name, "name"), last=crypto.seal_optional(last_name, "name"),
+    )  # fmt: skip
+    return contact
 
 
 def numbers(count: int, *, area: str = "312", start: int = 0) -> list[str]:

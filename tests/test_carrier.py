@@ -135,6 +135,16 @@ def test_mms_sends_type_mms_media_and_subject(sb: Sandbox) -> None:
     assert stored["subject"] == "Picnic" and [m["url"] for m in stored["media"]] == list(media)
 
 
+def test_a_text_only_mms_is_sent_as_type_mms_without_media_urls(sb: Sandbox) -> None:
+    long_text = "Photos from the picnic are on the board in the hall. " * 10  # one MMS part, never split as SMS
+    result = run(send_one(sb, msg(text=long_text, mms=True)))
+    assert result.outcome == "sent" and result.parts == 1
+    [entry] = sb.ledger.entries()
+    assert entry.type == "MMS" and entry.media_urls is None
+    body = json.loads(TelnyxClient(sb.url, KEY).encode(msg(mms=True)))
+    assert body["type"] == "MMS" and "media_urls" not in body
+
+
 def test_base_url_without_path_means_v2(sb: Sandbox) -> None:
     async def main() -> CarrierResult:
         async with TelnyxClient(sb.url, KEY) as client:

@@ -16,6 +16,7 @@ from tests.helpers import ROOT
 GOOD = {
     constants.DATABASE_URL_ENV: "postgresql://app:pw@db.internal:6543/koinonia?connection_limit=30&pool_timeout=45",
     constants.ENCRYPTION_KEY_ENV: base64.b64encode(b"k" * 32).decode(),
+    constants.LOOKUP_KEY_ENV: base64.b64encode(b"h" * 32).decode(),
     constants.TELNYX_API_KEY_ENV: "KEY_test",
     constants.TELNYX_BASE_URL_ENV: "http://127.0.0.1:9/v2/",
 }
@@ -48,6 +49,15 @@ def test_seed_style_database_url_sizes_the_pool(clean_env):
     assert "pw" not in db.describe()
 
 
+def test_old_encryption_keys_are_optional_and_comma_separated(clean_env):
+    settings = load_settings()
+    assert settings.old_encryption_keys_bytes == []
+    assert settings.lookup_key_bytes == b"h" * 32
+    old = [base64.b64encode(bytes([n]) * 32).decode() for n in (1, 2)]
+    clean_env.setenv(constants.ENCRYPTION_KEYS_OLD_ENV, f" {old[0]} ,{old[1]},")
+    assert load_settings().old_encryption_keys_bytes == [b"\x01" * 32, b"\x02" * 32]
+
+
 def test_unix_socket_urls():
     db = parse_database_url("postgresql://postgres@/postgres?host=/tmp/pg")
     assert db.unix_sock == "/tmp/pg/.s.PGSQL.5432"
@@ -62,6 +72,14 @@ def test_unix_socket_urls():
         (constants.DATABASE_URL_ENV, "postgresql://h/db?connection_limit=0", "DATABASE_URL is invalid: connection_limit"),
         (constants.ENCRYPTION_KEY_ENV, "short", "ENCRYPTION_KEY is invalid: expected base64 of 32 bytes"),
         (constants.ENCRYPTION_KEY_ENV, None, "ENCRYPTION_KEY is not set"),
+        (constants.LOOKUP_KEY_ENV, "short", "LOOKUP_KEY is invalid: expected base64 of 32 bytes"),
+        (constants.LOOKUP_KEY_ENV, None, "LOOKUP_KEY is not set"),
+        (constants.ENCRYPTION_KEYS_OLD_ENV, "c2hvcnQ=", "ENCRYPTION_KEYS_OLD is invalid: expected base64 of 32 bytes"),
+        (
+            constants.ENCRYPTION_KEYS_OLD_ENV,
+            base64.b64encode(b"o" * 32).decode() + ",not-base64!",
+            "ENCRYPTION_KEYS_OLD is invalid: expected base64 of 32 bytes",
+        ),
         (constants.TELNYX_BASE_URL_ENV, "ftp://carrier", "TELNYX_BASE_URL is invalid: expected an http(s) URL"),
         (constants.ENABLE_QUEUES_ENV, "perhaps", "ENABLE_QUEUES is invalid"),
         (constants.REDIS_URL_ENV, "http://x", "REDIS_URL is invalid: expected redis://"),

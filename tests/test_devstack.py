@@ -30,6 +30,7 @@ import psutil
 import pytest
 
 from common import constants
+from common.mail import sent_mail
 from infra.devstack import (
     READY_LINE,
     REDIS_PORT_OFFSET,
@@ -53,12 +54,16 @@ CLEARED_ENV = (
     constants.DATABASE_URL_ENV,
     constants.REDIS_URL_ENV,
     constants.ENCRYPTION_KEY_ENV,
+    constants.ENCRYPTION_KEYS_OLD_ENV,
+    constants.LOOKUP_KEY_ENV,
     constants.TELNYX_API_KEY_ENV,
     constants.TELNYX_BASE_URL_ENV,
     constants.TELNYX_PUBLIC_KEY_ENV,
     constants.APP_ENV_ENV,
     constants.ENABLE_QUEUES_ENV,
     constants.REDIS_KEY_PREFIX_ENV,
+    constants.MAIL_FROM_ENV,
+    constants.SES_ENDPOINT_URL_ENV,
     SCHEDULE_SCALE_ENV,
 )
 
@@ -262,6 +267,20 @@ def _check_the_carrier_loop(run: DevRun, sandbox: str, api_key: str) -> None:
     _until(refused, "the member's STOP to opt them out")
 
 
+def _check_mail(run: DevRun, api_key: str) -> None:
+    """A mail: send → consumer → the local SES (moto), listed by ``sent_mail`` and ``koinonia mail sent``."""
+    send_url = run.banner_value(r"a mail: curl -s -X POST (http://127\.0\.0\.1:\d+)/messages")
+    endpoint = run.banner_value(r"mail sent: \S+ mail sent --endpoint (http://\S+)")
+    body = {"channel": "mail", "to": "ann.lee@example.org", "subject": "Welcome", "text": "See you Sunday"}
+    answer = httpx.post(f"{send_url}/messages", json=body, headers={"Authorization": f"Bearer {api_key}"}, timeout=10)
+    assert answer.status_code == 202, answer.text
+    _until(lambda: sent_mail(endpoint), "the mail to reach the local SES")
+    [mail] = sent_mail(endpoint, show_recipients=True)
+    assert (mail["to"], mail["subject"], mail["source"]) == (["ann.lee@example.org"], "Welcome", "church@koinonia.local")
+    listed = subprocess.run([str(KOINONIA), "mail", "sent", "--endpoint", endpoint], capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and "a***@example.org" in listed.stdout and "ann.lee" not in listed.stdout, listed
+
+
 def _stop_and_check_nothing_left(run: DevRun) -> None:
     started = run.started_processes()
     names = {proc.name() for proc in started}
@@ -294,17 +313,23 @@ def test_dev_starts_everything_from_nothing_and_ctrl_c_leaves_no_process(tmp_pat
     api_key = run.banner_value(r"demo API key\s+(\S+)")
     assert len(api_key) > 20
     _check_the_carrier_loop(run, sandbox, api_key)
+    _check_mail(run, api_key)
 
-    # The data stays in the home; the generated key is kept, and never printed or logged.
+    # The data stays in the home; the generated keys (sealing, lookups) are kept, and never printed or logged.
     assert (home / "pgdata" / "PG_VERSION").exists()
     secrets = (home / "secrets.env").read_text()
-    key = re.search(rf"^{constants.ENCRYPTION_KEY_ENV}=(\S+)$", secrets, re.MULTILINE)
-    assert key, secrets
-    assert key[1] not in run.output
+    keys = []
+    for name in (constants.ENCRYPTION_KEY_ENV, constants.LOOKUP_KEY_ENV):
+        key = re.search(rf"^{name}=(\S+)$", secrets, re.MULTILINE)
+        assert key, secrets
+        assert f"{name}: generated, kept in {home / 'secrets.env'}" in run.output, run.output
+        assert key[1] not in run.output
+        keys.append(key[1])
+    assert keys[0] != keys[1]
     logs = {path.name: path.read_text(errors="replace") for path in (home / "logs").glob("*.log")}
     assert "health.log" in logs and "telnyx-sandbox.log" in logs, sorted(logs)
     for name, text in logs.items():
-        assert key[1] not in text, name
+        assert not any(key in text for key in keys), name
         assert api_key not in text, name
 
     _stop_and_check_nothing_left(run)
@@ -330,7 +355,8 @@ def test_restart_on_the_same_home_keeps_the_data(tmp_path, dev_home, dev_runs):
     second.wait_ready()
     assert second.banner_value(r"demo church\s+([0-9a-f-]{36})") == church_id
     assert "0 applied now" in second.output, second.output  # the schema survived too
-    assert f"encryption key: from {home / 'secrets.env'}" in second.output
+    for name in (constants.ENCRYPTION_KEY_ENV, constants.LOOKUP_KEY_ENV):  # the same keys: the sealed data opens
+        assert f"{name}: from {home / 'secrets.env'}" in second.output, second.output
     _check_health(second)
     _stop_and_check_nothing_left(second)
 

@@ -70,6 +70,7 @@ def fuzz_env(send_env, monkeypatch):
         OPERATOR_TOKEN=operator,
         SCHEDULER_BUDGET_S=str(BUDGET_CAP_S),
         AUTH_FAIL_LIMIT="1000000",  # the made-up credentials would soon block the address: 429 for every case
+        MEDIA_CHECK_TIMEOUT_S="0.2",  # generated MMS media URLs name made-up hosts: give up on them quickly
     )
     return signer, operator
 

@@ -13,6 +13,7 @@ import pytest
 from common import constants
 from common.config import get_settings
 from common.db import get_pool
+from common.privacy import crypto
 from common.redis_client import get_redis
 from tests.helpers import function_client
 
@@ -78,9 +79,11 @@ def test_detailed_reports_pool_queues_version_and_no_secrets(env, monkeypatch):
         "INSERT INTO churches (id, name) VALUES ('00000000-0000-7000-8000-000000000001', 'c')"
     )
     pool.run(
-        "INSERT INTO messages (id, church_id, channel, lane, to_address, body, status, next_attempt_at, deadline_at,"
-        " created_at) VALUES ('00000000-0000-7000-8000-00000000000a', '00000000-0000-7000-8000-000000000001', 'sms',"
-        " 'bulk', '+15005550101', 'hi', 'queued', now(), now() + interval '4 hours', now() - interval '30 seconds')"
+        "INSERT INTO messages (id, church_id, channel, lane, to_enc, to_hash, body_enc, status, next_attempt_at,"
+        " deadline_at, created_at) VALUES ('00000000-0000-7000-8000-00000000000a', '00000000-0000-7000-8000-000000000001',"
+        " 'sms', 'bulk', :to, :hash, :body, 'queued', now(), now() + interval '4 hours', now() - interval '30 seconds')",
+        to=crypto.seal("+15005550101", "address"), body=crypto.seal("hi", "text"),
+        hash=crypto.lookup_hash("00000000-0000-7000-8000-000000000001", "+15005550101"),
     )
     response = client.get("/health/detailed")
     assert response.status_code == 200

@@ -40,6 +40,7 @@ from common.messages.queries import (
     list_church_messages,
 )
 from common.messages.states import MessageStatus
+from common.privacy import crypto
 from tests.helpers import with_database
 
 NOW = datetime(2025, 3, 14, 15, 9, 26, tzinfo=UTC)
@@ -68,12 +69,15 @@ def _message(
 ) -> UUID:
     message_id = message_id or uuid.uuid4()  # random ids: ties on created_at get no help from id order
     pool.run(
-        "INSERT INTO messages (id, church_id, channel, lane, to_address, body, segments, status, attempts,"
+        "INSERT INTO messages (id, church_id, channel, lane, to_enc, to_hash, body_enc, segments, status, attempts,"
         " next_attempt_at, lease_until, deadline_at, created_at)"
-        " VALUES (:id, :church, :channel, 'bulk', '+15005550101', 'hello', :segments, :status, :attempts,"
+        " VALUES (:id, :church, :channel, 'bulk', :to_enc, :to_hash, :body_enc, :segments, :status, :attempts,"
         " :next_attempt_at, :lease_until, :deadline, :created_at)",
         id=message_id,
         church=church_id,
+        to_enc=crypto.seal("+15005550101", "address"),
+        to_hash=crypto.lookup_hash(str(church_id), "+15005550101"),
+        body_enc=crypto.seal("hello", "text"),
         channel=channel,
         segments=segments,
         status=status,
@@ -89,11 +93,12 @@ def _message(
 def _conversation(pool: Pool, church_id: UUID, *, address: str, last_message_at: datetime = NOW) -> UUID:
     conversation_id = uuid.uuid4()
     pool.run(
-        "INSERT INTO conversations (id, church_id, church_number, contact_address, last_message_at)"
-        " VALUES (:id, :church, '+15005550006', :address, :last)",
+        "INSERT INTO conversations (id, church_id, church_number, contact_enc, contact_hash, last_message_at)"
+        " VALUES (:id, :church, '+15005550006', :address, :hash, :last)",
         id=conversation_id,
         church=church_id,
-        address=address,
+        address=crypto.seal(address, "address"),
+        hash=crypto.lookup_hash(str(church_id), address),
         last=last_message_at,
     )
     return conversation_id
@@ -102,9 +107,10 @@ def _conversation(pool: Pool, church_id: UUID, *, address: str, last_message_at:
 def _conversation_message(pool: Pool, conversation_id: UUID, *, created_at: datetime) -> UUID:
     row_id = uuid.uuid4()
     pool.run(
-        "INSERT INTO conversation_messages (id, conversation_id, direction, body, created_at)"
-        " VALUES (:id, :conv, 'inbound', 'hi', :created_at)",
+        "INSERT INTO conversation_messages (id, conversation_id, direction, body_enc, created_at)"
+        " VALUES (:id, :conv, 'inbound', :body, :created_at)",
         id=row_id,
+        body=crypto.seal("hi", "text"),
         conv=conversation_id,
         created_at=created_at,
     )
@@ -151,7 +157,7 @@ def _walk_pages(fetch: Callable[[tuple[datetime, UUID] | None], list[Any]], page
 # -- messages --------------------------------------------------------------------------------------------
 
 
-def test_church_messages_pages_return_every_row_once_newest_first_even_with_tied_timestamps(pool):
+def test_church_messages_pages_return_every_row_once_newest_first_even_with_tied_timestamps(pool, env):
     church, other = _church(pool, "a"), _church(pool, "b")
     # Groups of 4 rows share one created_at, like a broadcast's rows; ids are random within a group.
     mine = {
@@ -166,6 +172,8 @@ def test_church_messages_pages_return_every_row_once_newest_first_even_with_tied
     assert [len(p) for p in pages] == [5, 5, 5, 5, 3]
     assert [row.id for page in pages for row in page] == expected
     assert {row.church_id for page in pages for row in page} == {church}
+    first = pages[0][0]  # numbers and texts are sealed at rest, opened when read
+    assert (first.to_address, first.body, first.subject) == ("+15005550101", "hello", None)
     # A church sees none of another church's rows, with or without a cursor from the other church.
     assert [r.church_id for r in list_church_messages(pool, other, limit=100)] == [other] * 6
     assert list_church_messages(pool, other, limit=100, before=pages[0][0].cursor) != []
@@ -174,7 +182,7 @@ def test_church_messages_pages_return_every_row_once_newest_first_even_with_tied
     assert list_church_messages(pool, uuid7(), limit=100, before=(NOW + timedelta(days=1), uuid7())) == []
 
 
-def test_due_for_attempt_returns_due_scheduled_queued_and_retrying_oldest_first(pool):
+def test_due_for_attempt_returns_due_scheduled_queued_and_retrying_oldest_first(pool, env):
     a, b = _church(pool, "a"), _church(pool, "b")
     retrying = _message(pool, a, status="retrying", next_attempt_at=NOW - timedelta(minutes=5))
     queued = _message(pool, b, status="queued", attempts=0, next_attempt_at=NOW - timedelta(seconds=10))
@@ -193,7 +201,7 @@ def test_due_for_attempt_returns_due_scheduled_queued_and_retrying_oldest_first(
     assert due_for_attempt(pool, now=NOW - timedelta(hours=2), limit=100) == []
 
 
-def test_expired_leases_returns_sending_past_lease_longest_expired_first(pool):
+def test_expired_leases_returns_sending_past_lease_longest_expired_first(pool, env):
     a, b = _church(pool, "a"), _church(pool, "b")
     oldest = _message(pool, b, status="sending", lease_until=NOW - timedelta(minutes=3))
     newer = _message(pool, a, status="sending", lease_until=NOW - timedelta(seconds=1))
@@ -212,7 +220,7 @@ def test_expired_leases_returns_sending_past_lease_longest_expired_first(pool):
 # -- conversations ---------------------------------------------------------------------------------------
 
 
-def test_conversations_pages_return_every_row_once_most_recent_first(pool):
+def test_conversations_pages_return_every_row_once_most_recent_first(pool, env):
     church, other = _church(pool, "a"), _church(pool, "b")
     mine = {}
     for i in range(17):
@@ -229,7 +237,7 @@ def test_conversations_pages_return_every_row_once_most_recent_first(pool):
     assert list_conversations(pool, uuid7(), limit=10) == []
 
 
-def test_conversation_messages_pages_in_order_and_only_for_the_owning_church(pool):
+def test_conversation_messages_pages_in_order_and_only_for_the_owning_church(pool, env):
     church, other = _church(pool, "a"), _church(pool, "b")
     conversation = _conversation(pool, church, address="+15005550101")
     foreign = _conversation(pool, other, address="+15005550101")
@@ -254,7 +262,7 @@ def test_conversation_messages_pages_in_order_and_only_for_the_owning_church(poo
 # -- usage -----------------------------------------------------------------------------------------------
 
 
-def test_usage_counts_billed_segments_and_weights_mms(pool):
+def test_usage_counts_billed_segments_and_weights_mms(pool, env):
     church, other = _church(pool, "a"), _church(pool, "b")
     _subscription(pool, church, allowance=100, mms_weight=5)
     _subscription(pool, other, allowance=100, mms_weight=5)
@@ -289,7 +297,7 @@ def _billed(status: str, channel: str, attempts: int) -> bool:
     return not (status == "failed" and attempts == 0)
 
 
-def test_usage_matches_a_direct_count_over_every_status_channel_and_attempt_count(pool):
+def test_usage_matches_a_direct_count_over_every_status_channel_and_attempt_count(pool, env):
     church, other = _church(pool, "a"), _church(pool, "b")
     start, end = NOW - timedelta(days=3), NOW + timedelta(days=27)
     _subscription(pool, church, status="trialing", allowance=10, mms_weight=4, start=start, end=end)
@@ -325,7 +333,7 @@ def test_usage_matches_a_direct_count_over_every_status_channel_and_attempt_coun
     assert usage.remaining == 0
 
 
-def test_usage_needs_a_current_active_or_trialing_subscription(pool):
+def test_usage_needs_a_current_active_or_trialing_subscription(pool, env):
     church = _church(pool)
     _message(pool, church, created_at=NOW - timedelta(days=1), segments=3)
     assert usage_for_current_period(pool, church, now=NOW) is None
@@ -366,11 +374,12 @@ _SEED_SQL = [
     # 100,000 messages: 40% church 1, the rest spread over churches 2..50; mostly sent/delivered, a few
     # thousand in flight (recent, with due times or leases around now), the rest over 90 days.
     """
-    INSERT INTO messages (id, church_id, channel, lane, to_address, body, segments, status, attempts,
+    INSERT INTO messages (id, church_id, channel, lane, to_enc, to_hash, body_enc, segments, status, attempts,
                           next_attempt_at, lease_until, deadline_at, created_at, updated_at)
     SELECT (lpad(to_hex((extract(epoch FROM created_at) * 1000)::bigint), 12, '0') || '7'
             || substr(h, 1, 3) || '8' || substr(h, 4, 15))::uuid,
-           church_id, channel, lane, to_address, 'Service moved to 10am', segments, status,
+           church_id, channel, lane, decode(repeat(md5(to_address), 3), 'hex'), sha256(convert_to(to_address, 'UTF8')),
+           decode(repeat('b0', 54), 'hex'), segments, status,
            CASE WHEN status IN ('queued', 'scheduled', 'suppressed') THEN 0
                 WHEN status = 'retrying' THEN 1 + g % 3 ELSE 1 END,
            CASE WHEN status IN ('queued', 'retrying', 'scheduled')
@@ -413,18 +422,19 @@ _SEED_SQL = [
       ON c.n = CASE WHEN raw.r_church < 0.4 THEN 1 ELSE 2 + floor((raw.r_church - 0.4) / 0.6 * 49)::int END
     """,
     """
-    INSERT INTO conversations (id, church_id, church_number, contact_address, last_message_at, unread_count,
+    INSERT INTO conversations (id, church_id, church_number, contact_enc, contact_hash, last_message_at, unread_count,
                                created_at)
-    SELECT id, church_id, '+15005550006', '+1556' || lpad(n::text, 7, '0'), last_message_at, n % 3,
+    SELECT id, church_id, '+15005550006', decode(repeat(md5(n::text), 3), 'hex'),
+           sha256(convert_to('+1556' || lpad(n::text, 7, '0'), 'UTF8')), last_message_at, n % 3,
            last_message_at - interval '30 days'
     FROM seed_conversations
     """,
     # 50,000 conversation messages in the 30 days before each conversation's last one: 10 per
     # conversation on average, but a tenth of them in 20 long threads (the pastor and the worship leader).
     """
-    INSERT INTO conversation_messages (id, conversation_id, direction, body, created_at)
+    INSERT INTO conversation_messages (id, conversation_id, direction, body_enc, created_at)
     SELECT gen_random_uuid(), c.id, CASE WHEN raw.r_dir < 0.5 THEN 'inbound' ELSE 'outbound' END,
-           'See you Sunday', c.last_message_at - raw.r_age * interval '30 days'
+           decode(repeat('c0', 47), 'hex'), c.last_message_at - raw.r_age * interval '30 days'
     FROM (
         SELECT CASE WHEN random() < 0.1 THEN 1 + floor(random() * 20)::int
                     ELSE 1 + floor(random() * 5000)::int END AS conv_n,

@@ -22,8 +22,10 @@ from typing import Any
 
 import pytest
 
+from common.analytics.rebuild import rebuild
 from common.auth.authenticate import authenticate
 from common.ids import uuid7
+from common.privacy import crypto
 from tests.factories import Tenant, make_church, numbers
 from tests.helpers import ROOT, function_client
 
@@ -97,15 +99,16 @@ def _populate(world_clients: dict[str, Any], pool, church: Church) -> None:
     church.thread_message_ids = [str(uuid7()), str(uuid7())]
     with pool.transaction() as conn:
         conn.run(
-            "INSERT INTO conversations (id, church_id, church_number, contact_address, unread_count)"
-            " VALUES (CAST(:id AS uuid), CAST(:c AS uuid), :n, :m, 1)",
-            id=church.conversation_id, c=church.church_id, n=church.tenant.sender, m=church.member_number,
+            "INSERT INTO conversations (id, church_id, church_number, contact_enc, contact_hash, unread_count)"
+            " VALUES (CAST(:id AS uuid), CAST(:c AS uuid), :n, :m, :h, 1)",
+            id=church.conversation_id, c=church.church_id, n=church.tenant.sender,
+            m=crypto.seal(church.member_number, "address"), h=crypto.lookup_hash(church.church_id, church.member_number),
         )  # fmt: skip
         for mid, direction in zip(church.thread_message_ids, ("inbound", "outbound"), strict=True):
             conn.run(
-                "INSERT INTO conversation_messages (id, conversation_id, direction, body)"
+                "INSERT INTO conversation_messages (id, conversation_id, direction, body_enc)"
                 " VALUES (CAST(:id AS uuid), CAST(:conv AS uuid), :d, :b)",
-                id=mid, conv=church.conversation_id, d=direction, b=f"{church.thread_text} ({direction})",
+                id=mid, conv=church.conversation_id, d=direction, b=crypto.seal(f"{church.thread_text} ({direction})", "text"),
             )  # fmt: skip
         # The one-to-one message failed for good: a dead letter (what the consumer writes).
         church.dead_letter_id = str(uuid7())
@@ -146,22 +149,28 @@ def world(send_env, pool) -> World:
 
 
 def snapshot(pool, church_id: str) -> dict[str, Any]:
-    """Church A's rows, as they must stay (``last_used_at`` aside: A's own use is not B's doing)."""
+    """Church A's rows, as they must stay (``last_used_at`` aside: A's own use is not B's doing).
+
+    Sealed values are compared as stored: any rewrite (even of the same plaintext) shows as a change.
+    """
     queries = {
         "church": "SELECT name, deleted_at FROM churches WHERE id = CAST(:c AS uuid)",
-        "messages": "SELECT id::text, status, attempts, body, to_address, updated_at, next_attempt_at FROM messages"
+        "messages": "SELECT id::text, status, attempts, body_enc, to_enc, to_hash, updated_at, next_attempt_at FROM messages"
                     " WHERE church_id = CAST(:c AS uuid) ORDER BY id",
-        "broadcasts": "SELECT id::text, response::text FROM broadcasts WHERE church_id = CAST(:c AS uuid) ORDER BY id",
-        "conversations": "SELECT id::text, unread_count, last_message_at, needs_review FROM conversations"
+        "broadcasts": "SELECT id::text, response_enc, response_has_invalid FROM broadcasts WHERE church_id = CAST(:c AS uuid)"
+                      " ORDER BY id",
+        "conversations": "SELECT id::text, contact_enc, unread_count, last_message_at, needs_review FROM conversations"
                          " WHERE church_id = CAST(:c AS uuid) ORDER BY id",
-        "thread": "SELECT m.id::text, m.body FROM conversation_messages m JOIN conversations c ON c.id = m.conversation_id"
+        "thread": "SELECT m.id::text, m.body_enc FROM conversation_messages m JOIN conversations c ON c.id = m.conversation_id"
                   " WHERE c.church_id = CAST(:c AS uuid) ORDER BY m.id",
         "dead_letters": "SELECT id::text, replay_count, replayed_at FROM dead_letters WHERE church_id = CAST(:c AS uuid)",
         "archive": "SELECT id::text FROM dead_letters_archive WHERE church_id = CAST(:c AS uuid)",
         "keys": "SELECT id::text, name, revoked_at FROM api_keys WHERE church_id = CAST(:c AS uuid) ORDER BY id",
         "audit": "SELECT id, action, actor, target FROM audit_log WHERE church_id = CAST(:c AS uuid) ORDER BY id",
-        "contacts": "SELECT id::text, phone FROM contacts WHERE church_id = CAST(:c AS uuid) ORDER BY id",
-        "opt_outs": "SELECT channel, address FROM opt_outs WHERE church_id = CAST(:c AS uuid) ORDER BY address",
+        "contacts": "SELECT id::text, phone_enc, phone_hash, email_enc, first_name_enc, last_name_enc FROM contacts"
+                    " WHERE church_id = CAST(:c AS uuid) ORDER BY id",
+        "opt_outs": "SELECT channel, address_enc, address_hash FROM opt_outs WHERE church_id = CAST(:c AS uuid)"
+                    " ORDER BY address_hash",
     }  # fmt: skip
     return {name: json.dumps(pool.run(sql, c=church_id), default=str) for name, sql in queries.items()}
 
@@ -303,6 +312,27 @@ def privacy_deletion(w: World) -> list[Call]:
     return [erased]
 
 
+def usage(w: World) -> list[Call]:
+    own = call(w, "send", "GET", "/usage")
+    assert own.status == 200 and own.body["plan"] == "test", own.body
+    return [own]
+
+
+def broadcast_report(w: World) -> list[Call]:
+    theirs = call(w, "send", "GET", f"/broadcasts/{w.a.broadcast_id}/report")
+    assert theirs.status == 404 and error_code(theirs) == "not_found"
+    own = call(w, "send", "GET", f"/broadcasts/{w.b.broadcast_id}/report")
+    assert own.status == 200 and own.body["total"] == len(w.b.tenant.members)
+    return [theirs, own]
+
+
+def analytics_daily(w: World) -> list[Call]:
+    rebuild(w.pool)  # both churches' aggregates exist: B must be shown its own only
+    own = call(w, "send", "GET", "/analytics/daily")
+    assert own.status == 200 and sum(r["accepted"] for r in own.body["data"]) == len(w.b.message_ids), own.body
+    return [own]
+
+
 def dead_letters_list(w: World) -> list[Call]:
     own = call(w, "dlq-drain", "GET", "/dead-letters")
     assert own.status == 200 and [d["id"] for d in own.body["data"]] == [w.b.dead_letter_id]
@@ -353,6 +383,9 @@ CASES: dict[RouteKey, Case] = {
     ("send", "DELETE", "/keys/{key_id}"): revoke_key,
     ("send", "GET", "/audit"): own_audit,
     ("send", "POST", "/privacy/deletions"): privacy_deletion,
+    ("send", "GET", "/usage"): usage,
+    ("send", "GET", "/broadcasts/{broadcast_id}/report"): broadcast_report,
+    ("send", "GET", "/analytics/daily"): analytics_daily,
     **{("send", m, t): operator_only(m, t) for m, t in [
         ("POST", "/churches/{church_id}/keys"), ("GET", "/churches/{church_id}/keys"),
         ("DELETE", "/churches/{church_id}/keys/{key_id}"), ("GET", "/churches/{church_id}/audit")]},

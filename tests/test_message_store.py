@@ -10,10 +10,11 @@ import pytest
 from common.ids import uuid7
 from common.messages import store
 from common.messages.store import NewMessages, Outcome
+from common.privacy import crypto
 
 
 @pytest.fixture
-def church(pool):
+def church(pool, env):  # env: the keys that seal numbers and bodies
     church_id = str(uuid7())
     pool.run("INSERT INTO churches (id, name) VALUES (CAST(:id AS uuid), 'c')", id=church_id)
     return church_id
@@ -88,8 +89,12 @@ def test_outcomes_are_fenced_by_the_claim_token(pool, church):
 
 def test_claim_suppresses_opted_out_and_expires_past_deadline(pool, church):
     opted, late, fine = _insert(pool, church, 3)
-    to = pool.run("SELECT to_address FROM messages WHERE id = CAST(:id AS uuid)", id=opted)[0][0]
-    pool.run("INSERT INTO opt_outs (church_id, address, source) VALUES (CAST(:c AS uuid), :a, 'keyword')", c=church, a=to)
+    [[to_enc, to_hash]] = pool.run("SELECT to_enc, to_hash FROM messages WHERE id = CAST(:id AS uuid)", id=opted)
+    assert to_hash == crypto.lookup_hash(church, crypto.unseal(to_enc, "address"))
+    pool.run(
+        "INSERT INTO opt_outs (church_id, address_enc, address_hash, source) VALUES (CAST(:c AS uuid), :e, :h, 'keyword')",
+        c=church, e=to_enc, h=to_hash,
+    )  # fmt: skip
     pool.run("UPDATE messages SET deadline_at = now() - interval '1 minute' WHERE id = CAST(:id AS uuid)", id=late)
     claim = store.claim(pool, [opted, late, fine], lease_s=30)
     assert [m.id for m in claim.sendable] == [fine]
@@ -105,5 +110,23 @@ def test_carrier_opt_out_is_recorded(pool, church):
     (mid,) = _insert(pool, church, 1)
     claim = store.claim(pool, [mid], lease_s=30)
     store.record_outcomes(pool, claim.token, [Outcome(mid, "suppressed", "opted_out", error_code="40300", http_status=409)])
-    assert pool.run("SELECT source FROM opt_outs") == [["carrier_40300"]]
-    assert pool.run("SELECT action, source FROM opt_out_events") == [["opt_out", "carrier_40300"]]
+    [[source, address_enc, address_hash]] = pool.run("SELECT source, address_enc, address_hash FROM opt_outs")
+    assert source == "carrier_40300"
+    assert crypto.unseal(address_enc, "address") == "+13125551000"
+    assert address_hash == crypto.lookup_hash(church, "+13125551000")
+    assert pool.run("SELECT action, source, address_hash FROM opt_out_events") == [["opt_out", "carrier_40300", address_hash]]
+
+
+def test_rows_store_numbers_and_one_sealed_body_and_the_claim_opens_them(pool, church):
+    ids = _insert(pool, church, 3)
+    numbers = ["+13125551000", "+13125551001", "+13125551002"]
+    rows = pool.run("SELECT to_enc, to_hash, body_enc, subject_enc FROM messages")
+    assert len({bytes(r[2]) for r in rows}) == 1  # the body is sealed once for the whole request
+    assert sorted((crypto.unseal(r[0], "address"), bytes(r[1])) for r in rows) == list(
+        zip(numbers, crypto.lookup_hashes(church, numbers), strict=True)
+    )
+    assert crypto.unseal(rows[0][2], "text") == "hello" and rows[0][3] is None
+    claimed = sorted(store.claim(pool, ids, lease_s=30).sendable, key=lambda m: m.to_address)
+    assert [(m.to_address, m.body, m.subject) for m in claimed] == [
+        ("+13125551000", "hello", None), ("+13125551001", "hello", None), ("+13125551002", "hello", None),
+    ]  # fmt: skip

@@ -17,6 +17,7 @@ import pytest
 
 from common import constants
 from common.consume import ConsumeBudget, ConsumeReport, run_consumer
+from common.privacy.crypto import unseal
 from common.runtime import get_runtime
 from common.scheduler import Scheduler
 from tests.factories import Tenant, make_church, numbers
@@ -67,9 +68,9 @@ def broadcast(send, tenant: Tenant, **extra: Any) -> dict[str, str]:
 
 def rows(pool, ids: dict[str, str]) -> dict[str, tuple[str, str | None]]:
     """``{member: (status, last_error_code)}``."""
-    found = pool.run("SELECT to_address, status, last_error_code FROM messages WHERE id = ANY(CAST(:ids AS uuid[]))",
+    found = pool.run("SELECT to_enc, status, last_error_code FROM messages WHERE id = ANY(CAST(:ids AS uuid[]))",
                      ids=list(ids.values()))  # fmt: skip
-    return {to: (status, code) for to, status, code in found}
+    return {unseal(to, "address"): (status, code) for to, status, code in found}
 
 
 def assert_only_the_stopper_was_spared(pool, sandbox, ids: dict[str, str], stopper: str) -> None:
@@ -88,7 +89,8 @@ def assert_only_the_stopper_was_spared(pool, sandbox, ids: dict[str, str], stopp
 def stop(text_from, pool, tenant: Tenant, member: str) -> None:
     """STOP, already answered by the carrier (autoresponse_type), so we send no confirmation of our own."""
     text_from(member, "STOP", autoresponse="STOP")
-    assert pool.run("SELECT address FROM opt_outs WHERE church_id = CAST(:c AS uuid)", c=tenant.church_id) == [[member]]
+    opted_out = pool.run("SELECT address_enc FROM opt_outs WHERE church_id = CAST(:c AS uuid)", c=tenant.church_id)
+    assert [unseal(a, "address") for (a,) in opted_out] == [member]
     assert pool.run("SELECT count(*) FROM messages WHERE purpose = 'compliance'")[0][0] == 0
 
 
@@ -195,15 +197,15 @@ def test_the_stop_confirmation_alone_reaches_the_opted_out_member_once(send, ten
     member = tenant.members[0]
     ids = broadcast(send, tenant)  # accepted before the STOP, still queued
     text_from(member, "Stop")  # no autoresponse_type: the carrier left the confirmation to us
-    confirmations = pool.run("SELECT id::text, purpose, lane, to_address FROM messages WHERE purpose = 'compliance'")
-    assert [c[1:] for c in confirmations] == [["compliance", "conv", member]]
+    confirmations = pool.run("SELECT id::text, purpose, lane, to_enc FROM messages WHERE purpose = 'compliance'")
+    assert [[*c[1:3], unseal(c[3], "address")] for c in confirmations] == [["compliance", "conv", member]]
     text_from(member, "STOP")  # already out: no second confirmation
     assert pool.run("SELECT count(*) FROM messages WHERE purpose = 'compliance'")[0][0] == 1
 
     drain()
     assert sandbox.ledger.by_to()[member] == 1  # the confirmation, and nothing else
-    [[status, body]] = pool.run("SELECT status, body FROM messages WHERE id = CAST(:id AS uuid)", id=confirmations[0][0])
-    assert status == "sent" and "START" in body
+    [[status, body]] = pool.run("SELECT status, body_enc FROM messages WHERE id = CAST(:id AS uuid)", id=confirmations[0][0])
+    assert status == "sent" and "START" in unseal(body, "text")
     state = rows(pool, ids)
     assert state[member] == ("suppressed", "opted_out")  # the broadcast queued before the STOP was not
 

@@ -37,6 +37,7 @@ from common import constants
 from common.consume import ConsumeBudget, ConsumeReport, run_consumer
 from common.db.pool import Pool
 from common.ids import uuid7
+from common.privacy import crypto
 from common.queue import QueueItem, SenderLimit
 from common.retry_policy import default_policy
 from common.runtime import get_runtime
@@ -110,11 +111,14 @@ def drain_until(condition: Callable[[], bool], *, timeout_s: float, what: str) -
 def add_members(pool: Pool, tenant: Tenant, phones: list[str]) -> None:
     """Bulk-add contacts to the tenant's group (make_church adds them one row at a time)."""
     contact_ids = [str(uuid7()) for _ in phones]
+    ring = crypto.keyring()
     with pool.transaction() as conn:
         conn.run(
-            "INSERT INTO contacts (id, church_id, phone)"
-            " SELECT t.id, CAST(:c AS uuid), t.phone FROM unnest(CAST(:ids AS uuid[]), CAST(:phones AS text[])) AS t(id, phone)",
-            c=tenant.church_id, ids=contact_ids, phones=phones,
+            "INSERT INTO contacts (id, church_id, phone_enc, phone_hash)"
+            " SELECT t.id, CAST(:c AS uuid), t.enc, t.hash"
+            " FROM unnest(CAST(:ids AS uuid[]), CAST(:enc AS bytea[]), CAST(:hash AS bytea[])) AS t(id, enc, hash)",
+            c=tenant.church_id, ids=contact_ids, enc=[ring.seal(p, "address") for p in phones],
+            hash=[ring.lookup_hash(tenant.church_id, p) for p in phones],
         )  # fmt: skip
         conn.run(
             "INSERT INTO group_members (group_id, contact_id) SELECT CAST(:g AS uuid), unnest(CAST(:ids AS uuid[]))",
@@ -240,8 +244,8 @@ def test_a_consumer_killed_mid_drain_loses_nothing_and_duplicates_only_its_infli
     # The dead process can send nothing more: what the carrier and PostgreSQL hold now is fixed.
     accepted_at_kill = sandbox.ledger.accepted
     assert sandbox.ledger.duplicates == 0
-    stranded = {mid: addr for mid, addr in pool.run(
-        "SELECT id::text, to_address FROM messages WHERE status = 'sending'")}  # fmt: skip
+    stranded = {mid: crypto.unseal(to_enc, "address") for mid, to_enc in pool.run(
+        "SELECT id::text, to_enc FROM messages WHERE status = 'sending'")}  # fmt: skip
     sent_at_kill = status_counts(pool).get("sent", 0)
     window = len(stranded)  # claimed by the victim, outcome never written: its in-flight requests
     accepted_unrecorded = accepted_at_kill - sent_at_kill  # the carrier has them, PostgreSQL does not know
@@ -360,7 +364,7 @@ def test_with_redis_killed_send_answers_at_once_inline_and_nothing_is_sent_twice
         rt.queue.enqueue(
             [QueueItem(message_id=mid, church_id=tenant.church_id, lane="bulk", sender=sender, channel="sms")
              for mid, sender in sent],
-            {tenant.sender: SenderLimit(FAST_SENDER, int(FAST_SENDER // 10))},
+            {("sms", tenant.sender): SenderLimit(FAST_SENDER, int(FAST_SENDER // 10))},
         )  # fmt: skip
         reports = drain_until(lambda: rt.queue.depths().ready_bulk == 0 and rt.queue.depths().inflight == 0,
                               timeout_s=30, what="Redis is empty")  # fmt: skip
@@ -516,9 +520,13 @@ def test_carrier_faults_end_in_the_right_status_with_their_history(client, pool,
     # 40300 STOP: suppressed at once, never retried, and the opt-out recorded for every later send.
     assert row(blocked) == ("suppressed", 1, "40300")
     assert [(a, o, c) for a, o, c, *_ in history(blocked)] == [(1, "opted_out", "40300")]
-    assert pool.run("SELECT source FROM opt_outs WHERE church_id = CAST(:c AS uuid) AND address = :a AND channel = 'sms'",
-                    c=tenant.church_id, a=blocked) == [["carrier_40300"]]  # fmt: skip
-    assert pool.run("SELECT action, source FROM opt_out_events WHERE address = :a", a=blocked) == [["opt_out", "carrier_40300"]]
+    blocked_hash = crypto.lookup_hash(tenant.church_id, blocked)
+    [[source, sealed]] = pool.run(
+        "SELECT source, address_enc FROM opt_outs WHERE church_id = CAST(:c AS uuid) AND address_hash = :h AND channel = 'sms'",
+        c=tenant.church_id, h=blocked_hash)  # fmt: skip
+    assert source == "carrier_40300" and crypto.unseal(sealed, "address") == blocked
+    assert pool.run("SELECT action, source FROM opt_out_events WHERE address_hash = :h",
+                    h=blocked_hash) == [["opt_out", "carrier_40300"]]  # fmt: skip
 
     # 400 / 40310: permanent, one attempt, failed.
     assert row(invalid) == ("failed", 1, "40310")

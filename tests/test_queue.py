@@ -155,8 +155,8 @@ def test_lone_queue_is_taken_in_one_go_within_the_batch(fast_queue: MessageQueue
 
 def test_sender_bucket_is_exact_and_does_not_block_other_senders(redis_gate: RedisGate) -> None:
     queue = MessageQueue(redis_gate.client, redis_gate.prefix, FAST)
-    queue.enqueue(items("slow", 100, sender="+15550000010"), {"+15550000010": SenderLimit(10.0, 1)})
-    queue.enqueue(items("quick", 5_000, sender="+15550000999"), {"+15550000999": SenderLimit(2_000.0, 50)})
+    queue.enqueue(items("slow", 100, sender="+15550000010"), {("sms", "+15550000010"): SenderLimit(10.0, 1)})
+    queue.enqueue(items("quick", 5_000, sender="+15550000999"), {("sms", "+15550000999"): SenderLimit(2_000.0, 50)})
 
     slow_at: list[int] = []
     quick = 0
@@ -212,7 +212,7 @@ def test_next_ready_ms_when_throttled_delayed_and_empty(redis_gate: RedisGate) -
     queue = MessageQueue(redis_gate.client, redis_gate.prefix, FAST)
     assert queue.dequeue(10, 1_000).next_ready_ms is None  # nothing at all
 
-    queue.enqueue(items("t", 3, sender="+1222"), {"+1222": SenderLimit(2.0, 1)})
+    queue.enqueue(items("t", 3, sender="+1222"), {("sms", "+1222"): SenderLimit(2.0, 1)})
     first = queue.dequeue(10, 30_000)
     assert len(first.leases) == 1
     assert first.next_ready_ms is not None
@@ -375,7 +375,7 @@ def test_full_drain_leaves_only_config_and_expiring_keys(redis_gate: RedisGate) 
     queue.enqueue(
         items("a", 300) + items("b", 50, lane="conv", channel="mms") + items("c", 20, channel="mail")
         + items("d", 10, due_at_ms=soon),
-        {"+1a": SenderLimit(500.0, 20)},
+        {("sms", "+1a"): SenderLimit(500.0, 20)},
     )  # fmt: skip
     queue.remove(["a-5", "a-6", "d-1"])
     first = queue.dequeue(10, 30_000).leases

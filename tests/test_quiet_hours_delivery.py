@@ -22,6 +22,7 @@ from common.config import parse_database_url
 from common.consume import ConsumeBudget, ConsumeReport, run_consumer
 from common.db.migrate import migrate
 from common.db.pool import Pool
+from common.privacy import crypto
 from common.runtime import get_runtime
 from common.scheduler import Scheduler
 from common.send.models import default_deadline_s
@@ -79,8 +80,8 @@ def broadcast(send, tenant: Tenant) -> dict[str, Any]:
 def message_rows(pool: Pool) -> dict[str, dict[str, Any]]:
     """Every message by recipient."""
     cols = ["id", "status", "lane", "next_attempt_at", "deadline_at", "updated_at", "recipient_tz", "attempts"]
-    found = pool.run(f"SELECT to_address, id::text, {', '.join(cols[1:])} FROM messages")
-    return {r[0]: dict(zip(cols, r[1:], strict=True)) for r in found}
+    found = pool.run(f"SELECT to_enc, id::text, {', '.join(cols[1:])} FROM messages")
+    return {crypto.unseal(r[0], "address"): dict(zip(cols, r[1:], strict=True)) for r in found}
 
 
 def make_due_in_redis(message_ids: list[str]) -> None:
@@ -175,7 +176,7 @@ def test_the_contacts_time_zone_wins_over_the_churchs(send, send_env, pool, sand
     assert is_open(datetime.now(UTC), DUBAI, window)
     set_window(pool, tenant, window, UTC_ZONE)
     abroad, home = tenant.members
-    pool.run("UPDATE contacts SET timezone = 'Asia/Dubai' WHERE phone = :p", p=abroad)
+    pool.run("UPDATE contacts SET timezone = 'Asia/Dubai' WHERE phone_hash = :h", h=crypto.lookup_hash(tenant.church_id, abroad))
 
     body = broadcast(send, tenant)
     assert body["quiet_hours"]["held"] == 1
@@ -238,7 +239,8 @@ def test_a_retry_that_comes_due_while_the_window_is_closed_is_held_not_sent(send
     broadcast(send, tenant)
     first = drain(max_messages=len(tenant.members))  # one attempt each; the retry is not due yet
     assert (first.sent, first.retrying) == (len(tenant.members) - 1, 1)
-    [[message_id]] = pool.run("SELECT id::text FROM messages WHERE to_address = :p AND status = 'retrying'", p=flaky)
+    [[message_id]] = pool.run("SELECT id::text FROM messages WHERE to_hash = :h AND status = 'retrying'",
+                              h=crypto.lookup_hash(tenant.church_id, flaky))  # fmt: skip
 
     window = closed_window(UTC_ZONE)
     set_window(pool, tenant, window, UTC_ZONE)

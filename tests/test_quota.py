@@ -21,12 +21,13 @@ from common.compliance import opt_outs
 from common.redis_client import RedisGate
 from tests.factories import Tenant, make_church, numbers
 from tests.helpers import function_client, set_env
+from tests.media_server import UNCHECKABLE_MEDIA_URL
 from tests.test_hot_queries import BIG_TABLES, NOW, _nodes
 from tests.test_hot_queries import seeded as seeded  # the realistically skewed database (a fixture)
 from tests.webhook_signing import Signer, envelope, inbound_payload
 
 DEAD_REDIS = "redis://127.0.0.1:1/0"
-MEDIA = ["https://example.org/advent.jpg"]
+MEDIA = [UNCHECKABLE_MEDIA_URL]  # accepted with a warning, no network needed
 
 
 def post(client, tenant: Tenant, *, key: str | None = None, **body):

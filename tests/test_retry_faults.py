@@ -47,6 +47,7 @@ from common.config import parse_database_url
 from common.consume import ConsumeBudget, run_consumer
 from common.db.migrate import migrate
 from common.db.pool import Pool
+from common.privacy import crypto
 from common.retry_policy import default_policy
 from common.runtime import get_runtime
 from common.scheduler import Scheduler, reconcile_grace_s
@@ -129,10 +130,10 @@ def unrecorded_attempts(pool: Pool) -> set[str]:
     """Numbers of messages with a claimed attempt whose outcome was never written: ``messages.attempts``
     counts claims, ``message_attempts`` holds a row per recorded outcome."""
     rows = pool.run(
-        "SELECT m.to_address FROM messages m"
+        "SELECT m.to_enc FROM messages m"
         " WHERE m.attempts > (SELECT count(*) FROM message_attempts a WHERE a.message_id = m.id)"
     )
-    return {phone for (phone,) in rows}
+    return {crypto.unseal(to_enc, "address") for (to_enc,) in rows}
 
 
 def later() -> datetime:
@@ -157,21 +158,20 @@ def test_with_30_percent_5xx_all_300_are_sent_and_every_retry_waits_its_backoff(
     assert (ledger.accepted, ledger.unique, ledger.duplicates) == (300, 300, 0)
     assert set(ledger.by_to()) == set(to)
     rows = pool.run(
-        "SELECT m.to_address, a.attempt, a.outcome, a.http_status, a.started_at, a.finished_at, a.next_attempt_at,"
+        "SELECT m.to_enc, a.attempt, a.outcome, a.http_status, a.started_at, a.finished_at, a.next_attempt_at,"
         "       m.attempts"
-        " FROM message_attempts a JOIN messages m ON m.id = a.message_id ORDER BY m.to_address, a.attempt"
+        " FROM message_attempts a JOIN messages m ON m.id = a.message_id ORDER BY m.id, a.attempt"
     )
     history: dict[str, list[list[Any]]] = defaultdict(list)
     for row in rows:
-        history[row[0]].append(row)
+        history[crypto.unseal(row[0], "address")].append(row)
     assert set(history) == set(to)
 
     # next_attempt_at = t + wait, where t is when the consumer read the carrier's answer: after the request
     # reached the carrier (arrival) and before PostgreSQL's now() of the outcome write (finished_at). So the
-    # stored gap (next_attempt_at - finished_at) is the wait less the write's lag, which eps_s allows for;
-    # and two lag-free checks bracket it: next_attempt_at - arrival >= the shortest wait, and the stored
-    # gap <= the longest. clock_s: one system clock, Redis scores in whole milliseconds.
-    eps_s = 0.3
+    # stored gap (next_attempt_at - finished_at) is the wait less the write's lag, which grows with the
+    # machine's load; so only lag-free checks bracket it: next_attempt_at - arrival >= the shortest wait, and
+    # the stored gap <= the longest. clock_s: one system clock, Redis scores in whole milliseconds.
     clock_s = 0.005
     gaps: dict[int, list[float]] = defaultdict(list)
     waits: list[float] = []  # carrier arrival of attempt n+1 minus next_attempt_at of attempt n
@@ -193,7 +193,6 @@ def test_with_30_percent_5xx_all_300_are_sent_and_every_retry_waits_its_backoff(
             gap = (next_at - finished).total_seconds()
             gaps[n].append(gap)
             lags.append((finished - arrived).total_seconds())
-            assert shortest - eps_s <= gap <= full + eps_s, (phone, n, gap, attempts)
             assert gap <= full + clock_s, (phone, n, gap, attempts)
             assert (next_at - arrived).total_seconds() >= shortest - clock_s, (phone, n, arrived, attempts)
             wait = (arrived_next - next_at).total_seconds()

@@ -8,9 +8,11 @@ import json
 import pytest
 
 from common.consume import ConsumeBudget, run_consumer
+from common.privacy import crypto
 from common.runtime import get_runtime
 from tests.factories import make_church, numbers
 from tests.helpers import function_client
+from tests.media_server import UNCHECKABLE_MEDIA_URL
 
 
 @pytest.fixture
@@ -25,6 +27,13 @@ def tenant(send_env, pool):
 
 def drain(max_seconds: float = 60.0):
     return asyncio.run(run_consumer(get_runtime(), ConsumeBudget(max_seconds=max_seconds, stop_when_idle=True)))
+
+
+def opt_out(pool, church_id: str, address: str) -> None:
+    pool.run(
+        "INSERT INTO opt_outs (church_id, address_enc, address_hash, source) VALUES (CAST(:c AS uuid), :e, :h, 'keyword')",
+        c=church_id, e=crypto.seal(address, "address"), h=crypto.lookup_hash(church_id, address),
+    )  # fmt: skip
 
 
 def _counts(pool) -> tuple[int, int]:
@@ -70,8 +79,7 @@ def test_a_5000_recipient_broadcast_makes_5000_distinct_carrier_requests(client,
 
 def test_groups_expand_to_members_and_opted_out_members_are_suppressed(client, tenant, pool, sandbox):
     opted = tenant.members[0]
-    pool.run("INSERT INTO opt_outs (church_id, address, source) VALUES (CAST(:c AS uuid), :a, 'keyword')",
-             c=tenant.church_id, a=opted)  # fmt: skip
+    opt_out(pool, tenant.church_id, opted)
     body = client.post("/messages", json={"channel": "sms", "groups": [tenant.group_id], "text": "Choir at 6"},
                        headers=tenant.auth).get_json()  # fmt: skip
     assert body["counts"]["accepted"] == 2 and body["counts"]["suppressed"] == 1
@@ -122,8 +130,7 @@ def test_another_churchs_number_and_group_are_refused(client, tenant, pool):
 
 
 def test_only_opted_out_recipients_is_refused(client, tenant, pool):
-    pool.run("INSERT INTO opt_outs (church_id, address, source) VALUES (CAST(:c AS uuid), '+13125550142', 'keyword')",
-             c=tenant.church_id)  # fmt: skip
+    opt_out(pool, tenant.church_id, "+13125550142")
     response = client.post("/messages", json={"channel": "sms", "to": "+13125550142", "text": "x"}, headers=tenant.auth)
     assert response.status_code == 422
     assert response.get_json()["error"]["code"] == "recipients_opted_out"
@@ -180,6 +187,30 @@ def test_idempotent_replay_returns_the_first_answer_and_a_conflicting_one_is_409
     assert bad_key.status_code == 422 and bad_key.get_json()["error"]["field"] == "Idempotency-Key"
 
 
+def test_numbers_texts_and_answers_are_sealed_at_rest(client, tenant, pool):
+    """Nothing a member typed or is reached at is stored in the clear; the API still answers in the clear."""
+    payload = {"channel": "sms", "to": ["+13125550142", "bogus"], "groups": [tenant.group_id], "text": "Advent at 10",
+               "skip_invalid": True}  # fmt: skip
+    answer = client.post("/messages", json=payload, headers={**tenant.auth, "Idempotency-Key": "advent"}).get_json()
+    expected = ["+13125550142", *sorted(tenant.members)]
+    assert [r["to"] for r in answer["recipients"]] == expected
+    rows = pool.run("SELECT id::text, to_enc, to_hash, body_enc FROM messages")
+    assert len({bytes(r[3]) for r in rows}) == 1 and crypto.unseal(rows[0][3], "text") == "Advent at 10"
+    by_id = {r[0]: (crypto.unseal(r[1], "address"), bytes(r[2])) for r in rows}
+    assert {mid: to for mid, (to, _) in by_id.items()} == {r["message_id"]: r["to"] for r in answer["recipients"]}
+    assert all(h == crypto.lookup_hash(tenant.church_id, to) for to, h in by_id.values())
+    [[sealed, has_invalid]] = pool.run("SELECT response_enc, response_has_invalid FROM broadcasts")
+    assert has_invalid is True and json.loads(crypto.unseal(sealed, "answer")) == answer
+    dump = b"".join(bytes(str(v), "utf-8") for row in pool.run("SELECT * FROM messages") for v in row)
+    dump += b"".join(bytes(str(v), "utf-8") for row in pool.run("SELECT * FROM broadcasts") for v in row)
+    assert b"555014" not in dump and b"Advent" not in dump and b"bogus" not in dump
+    for read in (client.get(f"/messages/{answer['recipients'][0]['message_id']}", headers=tenant.auth).get_json(),
+                 client.get("/messages?limit=1", headers=tenant.auth).get_json()["data"][0]):  # fmt: skip
+        assert read["to"] in expected
+    again = client.post("/messages", json=payload, headers={**tenant.auth, "Idempotency-Key": "advent"})
+    assert again.headers["Idempotent-Replayed"] == "true" and again.get_json() == answer
+
+
 def test_read_api_is_church_scoped_and_pages(client, tenant, pool):
     other = make_church(pool, "Other Church", sender="+13125550199")
     body = client.post("/messages", json={"channel": "sms", "to": numbers(7), "text": "x"}, headers=tenant.auth).get_json()
@@ -224,7 +255,7 @@ def test_an_mms_counts_as_one_message_whatever_its_text(client, tenant, pool):
     """Media only, or a long text: one MMS, billed once (times the plan's MMS weight), never segmented."""
     for text in ("", "x" * 2000):
         answer = client.post("/messages", json={"channel": "mms", "to": "+13125550142", "text": text,
-                                                "media_urls": ["https://example.org/bulletin.jpg"]},
+                                                "media_urls": [UNCHECKABLE_MEDIA_URL]},
                              headers=tenant.auth)  # fmt: skip
         assert answer.status_code == 202, answer.get_json()
         assert answer.get_json()["segments"] == 1

@@ -16,6 +16,7 @@ import pytest
 from common.consume import ConsumeBudget, run_consumer
 from common.messages import receipts, store
 from common.messages.store import Outcome
+from common.privacy.crypto import lookup_hash, unseal
 from common.runtime import get_runtime
 from common.scheduler import Scheduler
 from tests.factories import make_church, numbers
@@ -168,6 +169,12 @@ def test_texts_thread_into_one_conversation_per_member(send, tenant, pool, hooks
     assert [m["body"] for m in thread["data"]] == ["Two friends actually"]
     older = send.get(f"/conversations/{mine['id']}/messages?limit=1&cursor={thread['next_cursor']}", headers=tenant.auth)
     assert [m["body"] for m in older.get_json()["data"]] == ["Can I bring a friend on Sunday?"]
+    # At rest: the number sealed and found by its lookup hash (the contact's), every text sealed.
+    assert pool.run("SELECT contact_hash FROM conversations WHERE id = CAST(:id AS uuid)", id=mine["id"]) == [
+        [lookup_hash(tenant.church_id, member)]]
+    stored = [bytes(b) for (b,) in pool.run("SELECT body_enc FROM conversation_messages ORDER BY created_at")]
+    assert [unseal(b, "text") for b in stored] == ["Can I bring a friend on Sunday?", "Two friends actually", "Amen"]
+    assert not any(b"friend" in b or b"Amen" in b for b in stored)
     other = make_church(pool, "Other Church", sender="+13125550999")
     assert send.get(f"/conversations/{mine['id']}/messages", headers=other.auth).status_code == 404
     assert send.get("/conversations", headers=other.auth).get_json()["data"] == []
@@ -176,7 +183,8 @@ def test_texts_thread_into_one_conversation_per_member(send, tenant, pool, hooks
 def test_stop_opts_out_at_once_and_the_next_broadcast_skips_them(send, tenant, pool, hooks, sandbox):
     stopper = tenant.members[0]
     text_from(hooks, tenant, stopper, "  stop ", autoresponse="STOP")  # the carrier already confirmed it
-    assert pool.run("SELECT source FROM opt_outs WHERE address = :a", a=stopper) == [["keyword"]]
+    assert pool.run("SELECT source FROM opt_outs WHERE address_hash = :h", h=lookup_hash(tenant.church_id, stopper)) == [
+        ["keyword"]]
     assert pool.run("SELECT action, source, keyword FROM opt_out_events") == [["opt_out", "keyword", "STOP"]]
     assert pool.run("SELECT count(*) FROM messages")[0][0] == 0  # no second confirmation from us
     answer = send.post("/messages", json={"channel": "sms", "groups": [tenant.group_id], "text": "Potluck at 6"},
@@ -190,8 +198,8 @@ def test_one_confirmation_for_stop_and_start_when_the_carrier_did_not_answer(sen
     member = tenant.members[0]
     text_from(hooks, tenant, member, "STOP")
     text_from(hooks, tenant, member, "Stop")  # already out: logged, not confirmed twice
-    replies = pool.run("SELECT purpose, lane, body FROM messages ORDER BY created_at")
-    assert len(replies) == 1 and replies[0][:2] == ["compliance", "conv"] and "START" in replies[0][2]
+    replies = pool.run("SELECT purpose, lane, body_enc FROM messages ORDER BY created_at")
+    assert len(replies) == 1 and replies[0][:2] == ["compliance", "conv"] and "START" in unseal(replies[0][2], "text")
     drain()  # the confirmation reaches a person who has opted out: it is the one text that may
     assert sandbox.ledger.by_to() == {member: 1}
     text_from(hooks, tenant, member, "yes")
@@ -205,7 +213,7 @@ def test_one_confirmation_for_stop_and_start_when_the_carrier_did_not_answer(sen
 def test_help_gets_the_churchs_help_text(send, tenant, pool, hooks):
     pool.run("UPDATE churches SET help_text = 'First Church: call 312-555-0100. Reply STOP to opt out.'")
     text_from(hooks, tenant, tenant.members[0], "INFO")
-    assert pool.run("SELECT body, purpose FROM messages") == [
+    assert [[unseal(body, "text"), purpose] for body, purpose in pool.run("SELECT body_enc, purpose FROM messages")] == [
         ["First Church: call 312-555-0100. Reply STOP to opt out.", "compliance"]
     ]
 

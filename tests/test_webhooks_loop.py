@@ -18,6 +18,7 @@ from werkzeug.serving import make_server
 
 from common import constants
 from common.consume import ConsumeBudget, run_consumer
+from common.privacy.crypto import lookup_hash, unseal
 from common.runtime import get_runtime
 from tests.factories import make_church, numbers
 from tests.helpers import ROOT, function_client, set_env
@@ -114,8 +115,9 @@ def test_a_failed_delivery_receipt_records_the_carrier_code(tenant, pool, sandbo
 def test_a_member_texts_stop_and_the_next_broadcast_skips_them(tenant, pool, sandbox):
     stopper = tenant.members[0]
     member_texts(sandbox, "STOP", stopper, tenant.sender)
-    assert pool.run("SELECT source FROM opt_outs WHERE address = :a", a=stopper) == [["keyword"]]
-    thread = pool.run("SELECT direction, body FROM conversation_messages")
+    source = "SELECT source FROM opt_outs WHERE address_hash = :h"
+    assert pool.run(source, h=lookup_hash(tenant.church_id, stopper)) == [["keyword"]]
+    thread = [[d, unseal(b, "text")] for d, b in pool.run("SELECT direction, body_enc FROM conversation_messages")]
     assert thread == [["inbound", "STOP"]]  # the carrier confirmed it (autoresponse_type): we do not again
     body = broadcast(tenant)
     assert body["counts"]["suppressed"] == 1
@@ -133,7 +135,8 @@ def test_yes_opts_in_with_us_but_the_carrier_still_blocks_until_start(tenant, po
     assert pool.run("SELECT count(*) FROM opt_outs")[0][0] == 0
     broadcast(tenant)
     drain_and_settle(sandbox)
-    assert pool.run("SELECT source FROM opt_outs WHERE address = :a", a=member) == [["carrier_40300"]]
+    source = "SELECT source FROM opt_outs WHERE address_hash = :h"
+    assert pool.run(source, h=lookup_hash(tenant.church_id, member)) == [["carrier_40300"]]
     member_texts(sandbox, "START", member, tenant.sender)
     broadcast(tenant, "Choir at 7")
     drain_and_settle(sandbox)

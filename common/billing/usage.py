@@ -26,7 +26,9 @@ The sum is read from ``messages_church_created (church_id, created_at, id) INCLU
 status, attempts)``: every column the rule reads is in the index, so PostgreSQL can answer with an
 index-only scan of the church's period instead of visiting the table (migration 0002 added
 ``attempts``). A change to the rule that reads another column makes this a heap scan again; the test
-suite's EXPLAIN test checks for the index-only scan.
+suite's EXPLAIN test checks for the index-only scan. The same scan also answers the billed segments per
+channel (``GET /usage``'s ``by_channel``), and ``BILLED_CONDITION_SQL`` is this rule for any other query
+that must agree with it (the daily aggregates' ``billed_segments``).
 """
 
 from __future__ import annotations
@@ -52,21 +54,38 @@ def _sql_list(values: Iterable[str]) -> str:
     return ", ".join(f"'{v}'" for v in sorted(str(v) for v in values))
 
 
+# The rule above as a SQL condition on a ``messages`` row named ``m``: the one definition of "billed" (this
+# module's usage, and the daily aggregates of common/analytics/aggregates.py).
+BILLED_CONDITION_SQL = (
+    f"m.channel IN ({_sql_list(BILLED_CHANNELS)})"
+    f" AND m.status NOT IN ({_sql_list(UNBILLED_STATUSES)})"
+    f" AND NOT (m.status = '{MessageStatus.failed}' AND m.attempts = 0)"
+)
+# A billed message's share of the allowance: its segments, an MMS's times the plan's weight (``s``: the subscription).
+WEIGHTED_SEGMENTS_SQL = "CASE WHEN m.channel = 'mms' THEN m.segments * s.mms_weight ELSE m.segments END"
+
+
+# One scan of the period (index-only): the weighted total, and the segments per billed channel beside it.
 USAGE_FOR_CURRENT_PERIOD_SQL = f"""
 SELECT s.period_start,
        s.period_end,
        s.segment_allowance,
-       COALESCE((
-           SELECT sum(CASE WHEN m.channel = 'mms' THEN m.segments * s.mms_weight ELSE m.segments END)
-           FROM messages m
-           WHERE m.church_id = :church_id
-             AND m.created_at >= s.period_start
-             AND m.created_at < s.period_end
-             AND m.channel IN ({_sql_list(BILLED_CHANNELS)})
-             AND m.status NOT IN ({_sql_list(UNBILLED_STATUSES)})
-             AND NOT (m.status = '{MessageStatus.failed}' AND m.attempts = 0)
-       ), 0) AS used
+       u.used,
+       s.plan,
+       s.mms_weight,
+       u.sms_segments,
+       u.mms_segments
 FROM subscriptions s
+CROSS JOIN LATERAL (
+    SELECT COALESCE(sum({WEIGHTED_SEGMENTS_SQL}), 0) AS used,
+           COALESCE(sum(m.segments) FILTER (WHERE m.channel = 'sms'), 0) AS sms_segments,
+           COALESCE(sum(m.segments) FILTER (WHERE m.channel = 'mms'), 0) AS mms_segments
+    FROM messages m
+    WHERE m.church_id = :church_id
+      AND m.created_at >= s.period_start
+      AND m.created_at < s.period_end
+      AND {BILLED_CONDITION_SQL}
+) u
 WHERE s.church_id = :church_id
   AND s.status IN ({_sql_list(CURRENT_SUBSCRIPTION_STATUSES)})
   AND s.period_start <= :now
@@ -85,6 +104,10 @@ class PeriodUsage:
     allowance: int
     used: int
     remaining: int  # allowance - used, never below 0 (``used`` may exceed ``allowance``)
+    plan: str = ""
+    mms_weight: int = 1
+    sms_segments: int = 0  # billed SMS segments (each counts 1 toward ``used``)
+    mms_segments: int = 0  # billed MMS segments (each counts ``mms_weight``)
 
 
 def usage_for_current_period(pool: Pool, church_id: UUID, *, now: datetime) -> PeriodUsage | None:
@@ -92,7 +115,7 @@ def usage_for_current_period(pool: Pool, church_id: UUID, *, now: datetime) -> P
     rows = pool.run(USAGE_FOR_CURRENT_PERIOD_SQL, church_id=church_id, now=now)
     if not rows:
         return None
-    period_start, period_end, allowance, used = rows[0]
+    period_start, period_end, allowance, used, plan, mms_weight, sms_segments, mms_segments = rows[0]
     used = int(used)
     return PeriodUsage(
         period_start=period_start,
@@ -100,4 +123,8 @@ def usage_for_current_period(pool: Pool, church_id: UUID, *, now: datetime) -> P
         allowance=allowance,
         used=used,
         remaining=max(allowance - used, 0),
+        plan=plan,
+        mms_weight=int(mms_weight),
+        sms_segments=int(sms_segments),
+        mms_segments=int(mms_segments),
     )

@@ -157,8 +157,9 @@ class TelnyxClient:
         payload: dict[str, Any] = {"from": message.from_, "to": message.to}
         if message.text:
             payload["text"] = message.text
-        if message.media_urls:
-            payload["media_urls"] = list(message.media_urls)
+        if message.is_mms:
+            if message.media_urls:
+                payload["media_urls"] = list(message.media_urls)
             payload["type"] = "MMS"
             if message.subject:
                 payload["subject"] = message.subject

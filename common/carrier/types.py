@@ -23,8 +23,8 @@ class OutboundMessage:
     ``message_id`` is ours. When the client has a webhook base URL it goes into the per-message
     ``webhook_url`` as ``?mid=<id>``, which correlates delivery webhooks and lets the sandbox
     ledger tell a real duplicate (same id twice) from two intended sends of the same text.
-    A non-empty ``media_urls`` makes the message an MMS; an SMS never carries ``media_urls``
-    (Telnyx treats the mere presence of the field, even empty, as MMS).
+    A non-empty ``media_urls`` or ``mms`` makes the message an MMS (``type: MMS``); an SMS never carries
+    ``media_urls`` (Telnyx treats the mere presence of the field, even empty, as MMS).
     """
 
     message_id: str
@@ -33,10 +33,12 @@ class OutboundMessage:
     text: str
     media_urls: tuple[str, ...] = ()
     subject: str | None = None  # MMS only; ignored for SMS
+    mms: bool = False
+    """Sent as an MMS even without media (channel ``mms``, text only): one part, as billed, never split into SMS."""
 
     @property
     def is_mms(self) -> bool:
-        return bool(self.media_urls)
+        return self.mms or bool(self.media_urls)
 
 
 @dataclass(frozen=True, slots=True)

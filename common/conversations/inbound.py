@@ -12,6 +12,8 @@ other send): so a STOP is recorded, confirmed and threaded together, or not at a
   (``autoresponse_type``, Telnyx's default opt-out handling) so the member never gets two.
 - A reply that reads like an opt-out but is no keyword marks the conversation ``needs_review`` and is
   logged as ``flagged``.
+- The member's number is stored sealed (``contact_enc``) and found by its lookup hash (``contact_hash``,
+  the same hash as ``contacts.phone_hash``); every text is sealed (``body_enc``). common/privacy/crypto.py.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from common.compliance import opt_outs
 from common.compliance.keywords import classify
 from common.db.pool import Connection
 from common.phones import InvalidPhone, normalize
+from common.privacy import crypto
 from common.send.models import SendRequest
 from common.send.service import Accepted, accept_in
 from common.webhooks.events import Inbound
@@ -32,12 +35,12 @@ from common.webhooks.events import Inbound
 confirmation_deadline_s = 300  # a confirmation more than 5 minutes late is worse than none (FCC 2024 rule)
 
 _UPSERT_CONVERSATION_SQL = """
-INSERT INTO conversations (id, church_id, church_number, contact_address, contact_id, last_message_at,
+INSERT INTO conversations (id, church_id, church_number, contact_enc, contact_hash, contact_id, last_message_at,
                            unread_count, needs_review)
-VALUES (CAST(:id AS uuid), CAST(:c AS uuid), :church_number, :member,
-        (SELECT id FROM contacts WHERE church_id = CAST(:c AS uuid) AND phone = :member AND deleted_at IS NULL),
+VALUES (CAST(:id AS uuid), CAST(:c AS uuid), :church_number, :member_enc, :member_hash,
+        (SELECT id FROM contacts WHERE church_id = CAST(:c AS uuid) AND phone_hash = :member_hash AND deleted_at IS NULL),
         coalesce(CAST(:at AS timestamptz), now()), 1, :flagged)
-ON CONFLICT (church_id, church_number, contact_address) DO UPDATE SET
+ON CONFLICT (church_id, church_number, contact_hash) DO UPDATE SET
     last_message_at = greatest(conversations.last_message_at, EXCLUDED.last_message_at),
     unread_count = conversations.unread_count + 1,
     needs_review = conversations.needs_review OR EXCLUDED.needs_review,
@@ -46,7 +49,7 @@ RETURNING id::text
 """
 
 _APPEND_SQL = """
-INSERT INTO conversation_messages (id, conversation_id, direction, body, media, message_id, provider_message_id,
+INSERT INTO conversation_messages (id, conversation_id, direction, body_enc, media, message_id, provider_message_id,
                                    created_at)
 VALUES (CAST(:id AS uuid), CAST(:conv AS uuid), :direction, :body, CAST(:media AS jsonb), CAST(:mid AS uuid), :pid,
         coalesce(CAST(:at AS timestamptz), now()))
@@ -61,6 +64,7 @@ class InboundResult:
     flagged: bool = False
     changed: bool = False  # the opt-out state moved
     reply: Accepted | None = None
+    text_id: str | None = None  # the member's text's conversation_messages row (the analytics event names it)
 
 
 def record_inbound(conn: Connection, event: Inbound, *, new_id: Any) -> InboundResult:
@@ -77,12 +81,15 @@ def record_inbound(conn: Connection, event: Inbound, *, new_id: Any) -> InboundR
     church_id, church_name, help_text = rows[0]
     meaning = classify(event.text)
     at = event.received_at or event.occurred_at
+    ring = crypto.keyring()
     conversation_id = conn.run(
-        _UPSERT_CONVERSATION_SQL, id=str(new_id()), c=church_id, church_number=church_number, member=member,
-        at=at, flagged=meaning.flagged,
+        _UPSERT_CONVERSATION_SQL, id=str(new_id()), c=church_id, church_number=church_number,
+        member_enc=ring.seal(member, "address"), member_hash=ring.lookup_hash(church_id, member), at=at,
+        flagged=meaning.flagged,
     )[0][0]  # fmt: skip
+    text_id = str(new_id())
     conn.run(
-        _APPEND_SQL, id=str(new_id()), conv=conversation_id, direction="inbound", body=event.text,
+        _APPEND_SQL, id=text_id, conv=conversation_id, direction="inbound", body=ring.seal(event.text, "text"),
         media=json.dumps(event.media) if event.media else None, mid=None, pid=event.provider_message_id, at=at,
     )  # fmt: skip
     changed = False
@@ -109,10 +116,10 @@ def record_inbound(conn: Connection, event: Inbound, *, new_id: Any) -> InboundR
     if reply_text is not None:
         reply = _reply(conn, church_id, church_number, member, reply_text, event.event_id)
         conn.run(
-            _APPEND_SQL, id=str(new_id()), conv=conversation_id, direction="outbound", body=reply_text, media=None,
-            mid=reply.queued_ids[0] if reply.queued_ids else None, pid=None, at=None,
+            _APPEND_SQL, id=str(new_id()), conv=conversation_id, direction="outbound", body=ring.seal(reply_text, "text"),
+            media=None, mid=reply.queued_ids[0] if reply.queued_ids else None, pid=None, at=None,
         )  # fmt: skip
-    return InboundResult(church_id, conversation_id, meaning.kind, meaning.flagged, changed, reply)
+    return InboundResult(church_id, conversation_id, meaning.kind, meaning.flagged, changed, reply, text_id)
 
 
 def _reply(conn: Connection, church_id: str, church_number: str, member: str, text: str, event_id: str) -> Accepted:

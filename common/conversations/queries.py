@@ -9,6 +9,9 @@ end with ``id`` (migration 0002), so a page is one bounded index range.
 ``conversation_messages`` has no ``church_id``: the thread query reaches the church through its
 conversation, in the same statement, so a conversation id of another church returns no rows rather than
 that church's messages.
+
+The member's number (``contact_enc``) and every text (``body_enc``) are sealed (common/privacy/crypto.py):
+the statements read the sealed bytes, and the rows they become hold them opened, as they were written.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from typing import Any
 from uuid import UUID
 
 from common.db.pool import Pool
+from common.privacy import crypto
 
 _CONVERSATION_COLUMNS = """
-    id, church_id, church_number, contact_address, contact_id, last_message_at, unread_count,
+    id, church_id, church_number, contact_enc, contact_id, last_message_at, unread_count,
     needs_review, created_at
 """
 
@@ -45,7 +49,7 @@ LIMIT :limit
 # The EXISTS does not refer to the outer row, so PostgreSQL checks it once (a primary-key lookup) and
 # then reads the thread from conversation_messages_conv_created, or reads nothing at all.
 _THREAD_COLUMNS = """
-    cm.id, cm.conversation_id, cm.direction, cm.body, cm.media, cm.message_id, cm.provider_message_id,
+    cm.id, cm.conversation_id, cm.direction, cm.body_enc, cm.media, cm.message_id, cm.provider_message_id,
     cm.created_at
 """
 
@@ -126,7 +130,7 @@ def list_conversations(
         rows = pool.run(
             LIST_CONVERSATIONS_NEXT_PAGE_SQL, church_id=church_id, limit=limit, before_at=before[0], before_id=before[1]
         )
-    return [ConversationRow(*row) for row in rows]
+    return [_conversation(row) for row in rows]
 
 
 def list_conversation_messages(
@@ -143,7 +147,22 @@ def list_conversation_messages(
         rows = pool.run(LIST_CONVERSATION_MESSAGES_FIRST_PAGE_SQL, **params)
     else:
         rows = pool.run(LIST_CONVERSATION_MESSAGES_NEXT_PAGE_SQL, before_at=before[0], before_id=before[1], **params)
-    return [ConversationMessageRow(*row) for row in rows]
+    return [_thread_message(row) for row in rows]
+
+
+def _conversation(row: list[Any]) -> ConversationRow:
+    conv_id, church_id, church_number, contact_enc, contact_id, last_message_at, unread, review, created_at = row
+    return ConversationRow(
+        conv_id, church_id, church_number, crypto.unseal(contact_enc, "address"), contact_id, last_message_at, unread,
+        review, created_at,
+    )  # fmt: skip
+
+
+def _thread_message(row: list[Any]) -> ConversationMessageRow:
+    message_id, conversation_id, direction, body_enc, media, sent_id, provider_id, created_at = row
+    return ConversationMessageRow(
+        message_id, conversation_id, direction, crypto.unseal(body_enc, "text"), media, sent_id, provider_id, created_at
+    )
 
 
 def conversation_exists(pool: Pool, church_id: UUID, conversation_id: UUID) -> bool:

@@ -1,6 +1,8 @@
 """Plain SQL migrations, applied in order under an advisory lock.
 
-Files are ``common/db/migrations/NNNN_name.sql``. Each runs in its own transaction and is recorded
+Files are ``common/db/migrations/NNNN_name.sql``, or ``NNNN_name.py`` when a step needs the application
+(0008 seals existing numbers and bodies with ``ENCRYPTION_KEY``): a Python migration defines
+``apply(conn, say)`` and runs on the same terms. Each runs in its own transaction and is recorded
 in ``schema_migrations`` with a checksum, so running ``koinonia migrate`` twice, or from two processes
 at once, applies each file exactly once; editing a file that was already applied is refused.
 """
@@ -8,18 +10,19 @@ at once, applies each file exactly once; editing a file that was already applied
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.db.pool import Pool
+from common.db.pool import Connection, Pool
 
 logger = logging.getLogger("koinonia.migrate")
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-_FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+_FILE_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.(sql|py)$")
 # An arbitrary constant: every migrator, in every process, takes the same advisory lock.
 advisory_lock_key = 0x6B6F696E  # "koin"
 
@@ -32,11 +35,23 @@ class MigrationError(Exception):
 class Migration:
     version: int
     name: str
-    sql: str
+    sql: str  # the file's text: SQL, or the Python source of ``apply(conn, say)``
+    path: Path | None = None
 
     @property
     def checksum(self) -> str:
         return hashlib.sha256(self.sql.encode()).hexdigest()
+
+    def run(self, conn: Connection, say: Callable[[str], None]) -> None:
+        if self.path is None or self.path.suffix != ".py":
+            conn.execute_simple(self.sql)
+            return
+        spec = importlib.util.spec_from_file_location(f"koinonia_migration_{self.version:04d}", self.path)
+        if spec is None or spec.loader is None:
+            raise MigrationError(f"cannot load {self.path}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        module.apply(conn, say)
 
 
 def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
@@ -44,7 +59,7 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     for path in sorted(directory.iterdir()):
         match = _FILE_RE.match(path.name)
         if match:
-            found.append(Migration(int(match[1]), match[2], path.read_text(encoding="utf-8")))
+            found.append(Migration(int(match[1]), match[2], path.read_text(encoding="utf-8"), path))
     versions = [m.version for m in found]
     if len(set(versions)) != len(versions):
         raise MigrationError(f"two migration files share a number in {directory}")
@@ -80,7 +95,7 @@ def migrate(
                 say(f"applying migration {migration.version:04d}_{migration.name}")
                 conn.run("BEGIN")
                 try:
-                    conn.execute_simple(migration.sql)
+                    migration.run(conn, say)
                     conn.run(
                         "INSERT INTO schema_migrations (version, name, checksum) VALUES (:v, :n, :c)",
                         v=migration.version,

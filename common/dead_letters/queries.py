@@ -25,10 +25,12 @@ from uuid import UUID
 from common.api_errors import BadRequest
 from common.db.pool import Pool
 from common.dead_letters.access import Scope
+from common.privacy import crypto
 
 default_limit = 50
 max_limit = 500
 _BAD_CURSOR = "cursor is not one this API returned; start again without it"
+ERASED = "erased"  # the "to" of a message whose recipient was erased (its to_enc is NULL)
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def where(scope: Scope, selection: Filter, alias: str = "d") -> tuple[str, dict[
 
 _LIST_SQL = """
 SELECT d.id::text, d.message_id::text, d.church_id::text, d.reason, d.error_code, d.attempts, d.created_at,
-       d.replayed_at, d.replay_count, m.to_address, m.status
+       d.replayed_at, d.replay_count, m.to_enc, m.status
 FROM dead_letters d JOIN messages m ON m.id = d.message_id
 WHERE {where}{after}
 ORDER BY d.created_at DESC, d.id DESC
@@ -134,17 +136,19 @@ def list_page(pool: Pool, scope: Scope, selection: Filter, *, limit: int = defau
         before_at, before_id = decode_cursor(cursor)
         after = _BEFORE
         params.update(before_at=before_at, before_id=before_id)
-    rows = [_row(r) for r in pool.run(_LIST_SQL.format(where=condition, after=after), limit=limit, **params)]
+    ring = crypto.keyring()
+    rows = [_row(r, ring) for r in pool.run(_LIST_SQL.format(where=condition, after=after), limit=limit, **params)]
     return Page(rows, rows[-1].cursor if len(rows) == limit else None)
 
 
-def _row(raw: list[Any]) -> DeadLetterRow:
+def _row(raw: list[Any], ring: crypto.Keyring) -> DeadLetterRow:
     attempts = raw[5]
     if isinstance(attempts, str | bytes):
         attempts = json.loads(attempts)
     return DeadLetterRow(
         id=raw[0], message_id=raw[1], church_id=raw[2], reason=raw[3], error_code=raw[4], attempts=list(attempts or []),
-        created_at=raw[6], replayed_at=raw[7], replay_count=int(raw[8]), to_address=raw[9], status=raw[10],
+        created_at=raw[6], replayed_at=raw[7], replay_count=int(raw[8]),
+        to_address=ERASED if raw[9] is None else ring.open(raw[9], "address"), status=raw[10],
     )  # fmt: skip
 
 

@@ -8,7 +8,7 @@ Only after COMMIT are the messages enqueued in Redis; if Redis is off or down th
 
 Idempotent and race-safe: the message rows are locked in id order and re-checked under the lock, so a
 second replay (or two at once) finds the message no longer ``failed`` and skips it. Replaying twice
-sends once. A message whose recipient was erased (``to_address = 'erased'``, common/privacy) is
+sends once. A message whose recipient was erased (``to_enc`` NULL, common/privacy) is
 skipped too: it has nobody to go to.
 
 Each batch that replays something writes ``dead_letters.replayed`` to the audit log in its own
@@ -31,9 +31,10 @@ from typing import Any, cast
 import redis
 
 from common import audit
+from common.analytics import Event, EventType, emit
 from common.dead_letters.access import Scope
 from common.dead_letters.queries import Filter, db_now, id_page
-from common.queue import Channel, Lane, QueueItem, SenderLimit
+from common.queue import Channel, Lane, QueueItem, SenderKey, SenderLimit
 from common.redis_client import RedisUnavailable
 from common.runtime import Runtime
 from common.send.models import default_deadline_s
@@ -55,7 +56,7 @@ WITH target AS (
 ), locked AS (
     SELECT m.id
     FROM messages m JOIN target t ON t.message_id = m.id
-    WHERE m.status = 'failed' AND m.to_address <> 'erased'
+    WHERE m.status = 'failed' AND m.to_enc IS NOT NULL
     ORDER BY m.id
     FOR UPDATE OF m
 ), reset AS (
@@ -239,6 +240,7 @@ def _account(rt: Runtime, report: ReplayReport, batch: _Batch) -> None:
     report.skipped += len(batch.skipped_ids)
     if not batch.replayed:
         return
+    emit(rt, [Event.messages(EventType.replayed, [r.message_id for r in batch.replayed])])  # common/analytics
     error = _enqueue(rt, batch.replayed)
     if error is None:
         report.enqueued += len(batch.replayed)
@@ -258,8 +260,13 @@ def _enqueue(rt: Runtime, replayed: list[_Replayed]) -> str | None:
         )
         for r in replayed
     ]  # fmt: skip
-    # As `send` does: the number's rate, a tenth of a second of burst.
-    limits = {r.sender: SenderLimit(r.rate, max(1, int(r.rate // 10))) for r in replayed if r.rate and r.sender}
+    # As `send` does: the number's rate on the message's channel, in that (channel, number)'s own bucket; a
+    # mail's From address at the SES account's rate.
+    ses = rt.settings.ses_max_send_rate
+    limits: dict[SenderKey, SenderLimit] = {
+        (cast(Channel, r.channel), r.sender): SenderLimit.for_rate(ses if r.channel == "mail" else r.rate or ses)
+        for r in replayed if r.sender and (r.rate or r.channel == "mail")
+    }  # fmt: skip
     try:
         rt.redis.call(lambda _client: rt.queue.enqueue(items, limits))
     except (RedisUnavailable, redis.RedisError) as exc:

@@ -21,10 +21,14 @@ from decimal import Decimal
 from uuid import UUID
 
 from common.db.pool import Pool
+from common.privacy import crypto
 
-# The columns a list shows; body and error detail are there, the carrier bookkeeping is not.
+ERASED = "erased"  # what a message list shows as the number of an erased recipient
+
+# The columns a list shows; body and error detail are there (sealed: ``MessageRow`` opens them when
+# read), the carrier bookkeeping is not.
 _LIST_COLUMNS = """
-    id, church_id, broadcast_id, channel, lane, to_address, from_address, subject, body, segments,
+    id, church_id, broadcast_id, channel, lane, to_enc, from_address, subject_enc, body_enc, segments,
     status, attempts, last_error_code, created_at, sent_at, finalized_at, next_attempt_at, carrier,
     cost_amount, cost_currency
 """
@@ -78,17 +82,17 @@ LIMIT :limit
 
 @dataclass(frozen=True)
 class MessageRow:
-    """One row of a church's message list."""
+    """One row of a church's message list (number, subject and body sealed; opened on first read)."""
 
     id: UUID
     church_id: UUID
     broadcast_id: UUID | None
     channel: str
     lane: str
-    to_address: str
+    to_enc: bytes | None  # NULL: the recipient was erased (common/privacy/deletion.py)
     from_address: str | None
-    subject: str | None
-    body: str
+    subject_enc: bytes | None
+    body_enc: bytes | None
     segments: int
     status: str
     attempts: int
@@ -105,6 +109,19 @@ class MessageRow:
     def cursor(self) -> tuple[datetime, UUID]:
         """What to pass as ``before`` to get the page after the one this row ends."""
         return (self.created_at, self.id)
+
+    @property
+    def to_address(self) -> str:
+        """The recipient's number, or ``'erased'``."""
+        return ERASED if self.to_enc is None else crypto.unseal(self.to_enc, "address")
+
+    @property
+    def subject(self) -> str | None:
+        return crypto.unseal_optional(self.subject_enc, "text")
+
+    @property
+    def body(self) -> str:
+        return "" if self.body_enc is None else crypto.unseal(self.body_enc, "text")
 
 
 @dataclass(frozen=True)

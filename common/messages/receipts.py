@@ -72,13 +72,13 @@ WITH r AS (
         next_attempt_at = NULL, lease_until = NULL, updated_at = now()
     FROM target t JOIN carrier_receipts c ON c.provider_message_id = t.provider_message_id
     WHERE m.id = t.mid AND m.status IN {_RECEIVES} AND {_CURRENT_RANK} < c.rank
-      AND m.to_address <> 'erased'  -- a person's data was deleted (common/privacy): nothing comes back
+      AND m.to_enc IS NOT NULL  -- NULL: a person's data was deleted (common/privacy): nothing comes back
     RETURNING m.id
 )
 UPDATE carrier_receipts c SET applied_at = now(), message_id = coalesce(c.message_id, t.mid)
 FROM target t
 WHERE c.provider_message_id = t.provider_message_id
-RETURNING (SELECT count(*) FROM moved)
+RETURNING (SELECT count(*) FROM moved), (SELECT array_agg(id::text) FROM moved)
 """
 
 APPLY_ONE_SQL = _APPLY_TEMPLATE.format(filter="r.provider_message_id = :pid")
@@ -117,7 +117,13 @@ def apply_for_messages(conn: Connection | Pool, message_ids: Sequence[str]) -> i
 
 def apply_pending(pool: Pool, *, limit: int = 1000) -> int:
     """The scheduler's sweep: any receipt not yet applied whose message is ready for it."""
-    return _moved(pool.run(APPLY_PENDING_SQL, limit=limit))
+    return len(apply_pending_ids(pool, limit=limit))
+
+
+def apply_pending_ids(pool: Pool, *, limit: int = 1000) -> list[str]:
+    """``apply_pending``, answering which messages moved (the scheduler names them to common/analytics)."""
+    rows = pool.run(APPLY_PENDING_SQL, limit=limit)
+    return list(rows[0][1] or []) if rows else []
 
 
 _PRUNE_EVENTS_SQL = """

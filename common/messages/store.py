@@ -1,5 +1,9 @@
 """Writes on ``messages``: insert a request's rows, claim a batch, record outcomes. Plain SQL.
 
+Numbers, bodies and subjects are sealed (common/privacy/crypto.py): ``insert_messages`` seals the body
+once per request and each number once; the claim returns the sealed values and opens them here (a
+batch's shared body once); opt-outs match on ``to_hash``, never on a number.
+
 The claim is the fence against double sends (every path, consumer or inline, claims the same way):
 one statement turns ids into rows this claimant owns, with a fresh ``claim_token`` and a lease, and
 only rows it got back may go to the carrier. Outcomes are written ``WHERE claim_token = :token AND
@@ -7,7 +11,7 @@ status = 'sending'``, so a claimant whose lease was taken over cannot overwrite 
 
 The claim also applies the last-moment rules, in the same round trip: a recipient who opted out since
 the send was accepted is ``suppressed`` (unless the text is the confirmation of that opt-out), a
-message past its deadline is ``expired``, and a bulk text outside its recipient's send window is
+message past its deadline is ``expired``, and a bulk text (never a mail) outside its recipient's send window is
 ``scheduled`` again for the window's opening (``send_window_opens_at``, migration 0004); none of them
 is returned for sending. Because every path (consumer, retry, replay, reclaim, inline) claims, these
 rules hold on all of them.
@@ -25,6 +29,7 @@ from typing import Any, Literal
 from common.db.pool import Connection, Pool
 from common.ids import uuid7
 from common.messages import receipts
+from common.privacy import crypto
 
 # A claimed row may be taken over by another claimant once its lease has run out.
 CLAIM_SQL = """
@@ -32,10 +37,10 @@ WITH candidates AS (
     SELECT m.id,
            m.purpose = 'normal' AND EXISTS (
                SELECT 1 FROM opt_outs o
-               WHERE o.church_id = m.church_id AND o.address = m.to_address
+               WHERE o.church_id = m.church_id AND o.address_hash = m.to_hash
                  AND o.channel = CASE WHEN m.channel = 'mail' THEN 'mail' ELSE 'sms' END) AS opted_out,
            m.deadline_at <= now() AS past_deadline,
-           CASE WHEN m.lane = 'bulk' AND m.purpose = 'normal' THEN
+           CASE WHEN m.lane = 'bulk' AND m.purpose = 'normal' AND m.channel <> 'mail' THEN
                send_window_opens_at(now(), coalesce(m.recipient_tz, ch.timezone),
                                     ch.send_window_start, ch.send_window_end) END AS opens_at
     FROM messages m JOIN churches ch ON ch.id = m.church_id
@@ -65,8 +70,8 @@ UPDATE messages m SET
     updated_at = now()
 FROM decided d
 WHERE m.id = d.id
-RETURNING m.id::text, m.status, m.church_id::text, m.channel, m.lane, m.to_address, m.from_address, m.subject,
-          m.body, m.media_urls, m.attempts, m.max_attempts, m.deadline_at
+RETURNING m.id::text, m.status, m.church_id::text, m.channel, m.lane, m.to_enc, m.from_address, m.subject_enc,
+          m.body_enc, m.media_urls, m.attempts, m.max_attempts, m.deadline_at, m.html_body_enc
 """
 
 # One statement for a batch of outcomes: update the fenced rows and append their attempt history.
@@ -122,18 +127,20 @@ ON CONFLICT (message_id) DO UPDATE
 RETURNING error_code
 """
 
-# Opt-outs the carrier told us about (40300): recorded at once, so no other path sends again.
+# Opt-outs the carrier told us about (40300): recorded at once, so no other path sends again. The
+# message's sealed number and its hash are copied as they are (same kind, same church): nothing is opened.
 RECORD_CARRIER_OPT_OUTS_SQL = """
 WITH m AS (
-    SELECT DISTINCT church_id, to_address FROM messages WHERE id = ANY(CAST(:ids AS uuid[]))
+    SELECT DISTINCT ON (church_id, to_hash) church_id, to_enc, to_hash
+    FROM messages WHERE id = ANY(CAST(:ids AS uuid[])) AND to_hash IS NOT NULL
 ), inserted AS (
-    INSERT INTO opt_outs (church_id, address, channel, source)
-    SELECT church_id, to_address, 'sms', 'carrier_40300' FROM m
+    INSERT INTO opt_outs (church_id, address_enc, address_hash, channel, source)
+    SELECT church_id, to_enc, to_hash, 'sms', 'carrier_40300' FROM m
     ON CONFLICT DO NOTHING
-    RETURNING church_id, address
+    RETURNING church_id, address_enc, address_hash
 )
-INSERT INTO opt_out_events (church_id, address, channel, action, source)
-SELECT church_id, address, 'sms', 'opt_out', 'carrier_40300' FROM inserted
+INSERT INTO opt_out_events (church_id, address_enc, address_hash, channel, action, source)
+SELECT church_id, address_enc, address_hash, 'sms', 'opt_out', 'carrier_40300' FROM inserted
 """
 
 RENEW_LEASES_SQL = """
@@ -141,18 +148,21 @@ UPDATE messages SET lease_until = now() + CAST(:lease_s AS double precision) * i
 WHERE id = ANY(CAST(:ids AS uuid[])) AND claim_token = CAST(:token AS uuid) AND status = 'sending'
 """
 
+# The body, subject and HTML body are sealed once per request: every row stores the same sealed bytes.
 INSERT_MESSAGES_SQL = """
-INSERT INTO messages (id, church_id, broadcast_id, channel, lane, purpose, to_address, from_address, subject, body,
-                      media_urls, encoding, segments, status, max_attempts, next_attempt_at, deadline_at,
-                      recipient_tz, last_error_code, finalized_at)
-SELECT t.id, CAST(:church_id AS uuid), CAST(:broadcast_id AS uuid), :channel, :lane, :purpose, t.to_address,
-       :from_address, :subject, :body, CAST(:media_urls AS jsonb), :encoding, :segments, t.status, :max_attempts,
+INSERT INTO messages (id, church_id, broadcast_id, channel, lane, purpose, to_enc, to_hash, from_address, subject_enc,
+                      body_enc, html_body_enc, media_urls, encoding, segments, status, max_attempts, next_attempt_at,
+                      deadline_at, recipient_tz, last_error_code, finalized_at)
+SELECT t.id, CAST(:church_id AS uuid), CAST(:broadcast_id AS uuid), :channel, :lane, :purpose, t.to_enc, t.to_hash,
+       :from_address, CAST(:subject AS bytea), CAST(:body AS bytea), CAST(:html AS bytea), CAST(:media_urls AS jsonb),
+       :encoding, :segments,
+       t.status, :max_attempts,
        CASE WHEN t.status = 'suppressed' THEN NULL ELSE t.next_at END, t.deadline_at, t.tz,
        CASE WHEN t.status = 'suppressed' THEN 'opted_out' END,
        CASE WHEN t.status = 'suppressed' THEN now() END
-FROM unnest(CAST(:ids AS uuid[]), CAST(:to_addresses AS text[]), CAST(:statuses AS text[]),
+FROM unnest(CAST(:ids AS uuid[]), CAST(:to_enc AS bytea[]), CAST(:to_hash AS bytea[]), CAST(:statuses AS text[]),
             CAST(:next_at AS timestamptz[]), CAST(:deadlines AS timestamptz[]), CAST(:zones AS text[]))
-     AS t(id, to_address, status, next_at, deadline_at, tz)
+     AS t(id, to_enc, to_hash, status, next_at, deadline_at, tz)
 """
 
 
@@ -171,6 +181,7 @@ class ClaimedMessage:
     attempts: int
     max_attempts: int
     deadline_at: datetime
+    html: str | None = None  # mail's HTML part
 
 
 @dataclass(frozen=True)
@@ -207,7 +218,10 @@ Purpose = Literal["normal", "compliance"]
 class NewMessages:
     """The rows of one accepted request: shared content, and per row the recipient, status and times.
 
-    Rows differ in time when quiet hours hold some recipients until their own morning.
+    Rows differ in time when quiet hours hold some recipients until their own morning. ``to_addresses``
+    are E.164 numbers (mail: email addresses) in the clear; ``insert_messages`` seals them (kind ``address``) unless ``to_sealed``
+    already holds a sealed value for that row (a contact's ``phone_enc``, copied as it is), and hashes
+    them (``lookup_hash``) unless ``to_hashes`` is given.
     """
 
     church_id: str
@@ -218,7 +232,7 @@ class NewMessages:
     subject: str | None
     body: str
     media_urls: list[str] | None
-    encoding: str
+    encoding: str | None  # None for mail (UTF-8, never split)
     segments: int
     max_attempts: int
     ids: Sequence[str]
@@ -228,16 +242,34 @@ class NewMessages:
     deadline_at: Sequence[datetime]
     recipient_tz: Sequence[str | None]
     purpose: Purpose = "normal"
+    to_hashes: Sequence[bytes] | None = None
+    to_sealed: Sequence[bytes | None] | None = None
+    html_body: str | None = None  # mail only, beside ``body`` (its plain-text part)
 
 
 def insert_messages(conn: Connection, rows: NewMessages, *, chunk: int = 5000) -> None:
     """Insert a request's rows in a few statements (call inside the request's transaction)."""
+    ring = crypto.keyring()
+    body = ring.seal(rows.body, "text")  # once for the whole request: every row stores these bytes
+    subject = None if rows.subject is None else ring.seal(rows.subject, "text")
+    html = None if rows.html_body is None else ring.seal(rows.html_body, "text")
     for start in range(0, len(rows.ids), chunk):
         end = start + chunk
+        addresses = rows.to_addresses[start:end]
+        if rows.to_sealed is None:
+            to_enc = [ring.seal(a, "address") for a in addresses]
+        else:
+            to_enc = [s if s is not None else ring.seal(a, "address")
+                      for a, s in zip(addresses, rows.to_sealed[start:end], strict=True)]  # fmt: skip
+        if rows.to_hashes is None:
+            to_hash = [ring.lookup_hash(rows.church_id, a) for a in addresses]
+        else:
+            to_hash = list(rows.to_hashes[start:end])
         conn.run(
             INSERT_MESSAGES_SQL,
             ids=list(rows.ids[start:end]),
-            to_addresses=list(rows.to_addresses[start:end]),
+            to_enc=to_enc,
+            to_hash=to_hash,
             statuses=list(rows.statuses[start:end]),
             next_at=list(rows.next_attempt_at[start:end]),
             deadlines=list(rows.deadline_at[start:end]),
@@ -248,8 +280,9 @@ def insert_messages(conn: Connection, rows: NewMessages, *, chunk: int = 5000) -
             lane=rows.lane,
             purpose=rows.purpose,
             from_address=rows.from_address,
-            subject=rows.subject,
-            body=rows.body,
+            subject=subject,
+            body=body,
+            html=html,
             media_urls=json.dumps(rows.media_urls) if rows.media_urls else None,
             encoding=rows.encoding,
             segments=rows.segments,
@@ -263,7 +296,9 @@ def claim(pool: Pool, ids: Sequence[str], *, lease_s: float) -> Claim:
     if not ids:
         return Claim(token, [], [])
     rows = pool.run(CLAIM_SQL, ids=list(ids), token=token, lease_s=lease_s)
-    claimed = [_claimed(row) for row in rows]
+    ring = crypto.keyring()
+    texts: dict[bytes, str] = {}  # a broadcast's rows share one sealed body: opened once per claim
+    claimed = [_claimed(row, ring, texts) for row in rows]
     return Claim(
         token,
         sendable=[m for m in claimed if m.status == "sending"],
@@ -319,15 +354,26 @@ def renew_leases(pool: Pool, token: str, ids: Sequence[str], *, lease_s: float) 
         pool.run(RENEW_LEASES_SQL, token=token, ids=list(ids), lease_s=lease_s)
 
 
-def _claimed(row: list[Any]) -> ClaimedMessage:
+def _claimed(row: list[Any], ring: crypto.Keyring, texts: dict[bytes, str]) -> ClaimedMessage:
     media = row[9]
     if isinstance(media, str):
         media = json.loads(media)
     return ClaimedMessage(
-        id=row[0], status=row[1], church_id=row[2], channel=row[3], lane=row[4], to_address=row[5],
-        from_address=row[6], subject=row[7], body=row[8], media_urls=media, attempts=row[10],
-        max_attempts=row[11], deadline_at=row[12],
+        id=row[0], status=row[1], church_id=row[2], channel=row[3], lane=row[4],
+        to_address="" if row[5] is None else ring.open(row[5], "address"),  # NULL: erased (never claimable)
+        from_address=row[6], subject=_text(row[7], ring, texts), body=_text(row[8], ring, texts) or "",
+        media_urls=media, attempts=row[10], max_attempts=row[11], deadline_at=row[12], html=_text(row[13], ring, texts),
     )  # fmt: skip
+
+
+def _text(sealed: bytes | None, ring: crypto.Keyring, texts: dict[bytes, str]) -> str | None:
+    if sealed is None:
+        return None
+    key = bytes(sealed)
+    text = texts.get(key)
+    if text is None:
+        text = texts[key] = ring.open(key, "text")
+    return text
 
 
 # For ids a claim did not return: settled, or not claimable yet (leased elsewhere, locked, not due).

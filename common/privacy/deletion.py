@@ -4,34 +4,39 @@
 church is billed for stays, without them.
 
 - Messages to them stay as billing facts (church, broadcast, channel, lane, purpose, encoding, segments,
-  status, attempts, cost, times): ``to_address`` becomes ``'erased'``, ``body`` ``''``; subject, HTML,
-  media, provider id, recipient's carrier, error detail and time zone become NULL. Their attempt rows
-  (codes and times only) stay. Usage (common/billing/usage.py) is unchanged: it reads none of these.
+  status, attempts, cost, times): the sealed recipient, its lookup hash, the sealed body, subject and
+  HTML (``to_enc``, ``to_hash``, ``body_enc``, ``subject_enc``, ``html_body_enc``) become NULL, which is
+  what "erased" means on a message (migration 0008); media, provider id, recipient's carrier, error
+  detail and time zone become NULL too. Their attempt rows (codes and times only) stay. Usage
+  (common/billing/usage.py) is unchanged: it reads none of these.
 - Messages still pending can never go out: ``scheduled``/``queued`` become ``suppressed`` and
   ``retrying``/``sending`` become ``failed`` (the carrier was already asked, so they keep counting as
   usage exactly as before), all with ``last_error_code = 'erased'``; their ids leave Redis. A dead
-  letter of an erased message is never replayed (common/dead_letters/replay.py skips ``'erased'``).
+  letter of an erased message is never replayed (common/dead_letters/replay.py skips a NULL ``to_enc``).
   The one window left is a batch a consumer already handed to the carrier: its outcome write is fenced
   off (status is no longer ``sending``), but the carrier request itself may be in flight.
 - Dead letters (live and archived) keep their reason, code and attempt history, rebuilt from the known
   non-identifying keys only. Carrier receipts of those messages are deleted (provider id, the
   recipient's carrier). ``webhook_events`` holds only Telnyx event ids, types and times, with no link to
   a message or a person: nothing to erase there.
-- Broadcasts: every string of the stored answer (``broadcasts.response``: ``recipients[].to``,
-  ``invalid[].value``) that is their number (any format: its national digits) or their contact's email
-  becomes ``'erased'``. Answers are found through the person's messages, plus one scan of the
-  church's answers that kept invalid recipients (a mistyped number has no message to find it by). A
-  single-recipient broadcast's ``request_hash`` (a SHA-256 of a request body that held the number and
-  the text) is replaced by a fixed marker, so a retry with that Idempotency-Key gets a
+- Broadcasts: every string of the stored answer (``broadcasts.response_enc``, sealed JSON:
+  ``recipients[].to``, ``invalid[].value``) that is their number (any format: its national digits) or
+  their contact's email becomes ``'erased'``; the answer is opened, scrubbed and sealed again. Answers
+  are found through the person's messages, plus one pass over the church's answers that kept invalid
+  recipients (``response_has_invalid``: a mistyped number has no message to find it by); only those
+  are opened. A single-recipient broadcast's ``request_hash`` (a SHA-256 of a request body that held
+  the number and the text) is replaced by a fixed marker, so a retry with that Idempotency-Key gets a
   409 instead of the old answer.
 - Their contact (and group memberships), conversations with every text in them, opt-out state and
-  opt-out history are deleted. If they had opted out, a keyed hash of the number is kept
+  opt-out history are deleted. If they had opted out, the number's lookup hash is kept
   (common/privacy/suppression.py) so the church cannot text them again by re-adding the number.
 - The audit log gets ``data.deleted`` (target ``contact:<id>`` or ``person``; details: counts only). A
   run that finds nothing (a repeat) changes nothing and writes no entry.
-- Messages to them are found by ``to_address`` within the church (no index on it, on purpose: the send
-  path inserts 20,000 rows at a time and a deletion is rare), one scan of the church's messages per
-  batch.
+- Nothing is found by plaintext (there is none): the person's contact by ``contacts.phone_hash``, and
+  their messages, opt-outs and conversations by the lookup hashes (common/privacy/crypto.py) of the
+  number and of the contact's email addresses (opened from ``contacts.email_enc``). Messages are found
+  by ``to_hash`` within the church (no index on it, on purpose: the send path inserts 20,000 rows at a
+  time and a deletion is rare), one scan of the church's messages per batch.
 
 Messages go in batches of ``batch_size`` (one transaction each, with their dead letters, receipts and
 broadcasts); the rest, and a last sweep for messages accepted meanwhile, in one final transaction with
@@ -63,19 +68,22 @@ import redis
 from phonenumbers import NumberParseException
 
 from common import audit
+from common.analytics.events import emit_to
+from common.analytics.types import Event, EventType
 from common.api_errors import NotFound, Unprocessable
 from common.auth.cache import KeyCache
 from common.billing.usage import BILLED_CHANNELS, UNBILLED_STATUSES
 from common.db.pool import Connection, Pool
 from common.phones import InvalidPhone, default_region, normalize
-from common.privacy import suppression
-from common.queue import MessageQueue, QueueKeys
+from common.privacy import crypto, suppression
+from common.queue import CHANNELS, MessageQueue, QueueKeys, sender_id
 from common.redis_client import RedisGate, RedisUnavailable
 
 logger = logging.getLogger("koinonia.privacy")
 
 ERASED = "erased"
-"""``messages.to_address`` (and the stored answers' recipients) of an erased person."""
+"""The stored answers' recipients that were an erased person, and the ``last_error_code`` of their
+cancelled messages (an erased message itself is its NULL ``to_enc``)."""
 ERASED_REQUEST_HASH = hashlib.sha256(b"koinonia:erased request").digest()
 """``broadcasts.request_hash`` of a single-recipient broadcast whose recipient was erased."""
 
@@ -89,7 +97,7 @@ WITH target AS (
     SELECT m.id, m.provider_message_id, m.status IN {_PENDING} AS pending,
            m.status IN {_ATTEMPTED} AS attempted
     FROM messages m
-    WHERE m.church_id = CAST(:c AS uuid) AND m.to_address = ANY(CAST(:addresses AS text[]))
+    WHERE m.church_id = CAST(:c AS uuid) AND m.to_hash = ANY(CAST(:hashes AS bytea[]))
     ORDER BY m.id
     LIMIT :limit
     FOR UPDATE OF m
@@ -101,7 +109,7 @@ WITH target AS (
     RETURNING r.provider_message_id
 ), erased AS (
     UPDATE messages m SET
-        to_address = '{ERASED}', body = '', subject = NULL, html_body = NULL, media_urls = NULL,
+        to_enc = NULL, to_hash = NULL, body_enc = NULL, subject_enc = NULL, html_body_enc = NULL, media_urls = NULL,
         provider_message_id = NULL, carrier = NULL, last_error_detail = NULL, recipient_tz = NULL,
         status = CASE WHEN t.attempted THEN 'failed' WHEN t.pending THEN 'suppressed' ELSE m.status END,
         last_error_code = CASE WHEN t.pending THEN '{ERASED}' ELSE m.last_error_code END,
@@ -144,26 +152,26 @@ SELECT (SELECT count(*) FROM live) + (SELECT count(*) FROM archived)
 """
 
 _BROADCASTS_BY_ID_SQL = """
-SELECT id::text, recipient_count, response FROM broadcasts
+SELECT id::text, recipient_count, response_enc FROM broadcasts
 WHERE church_id = CAST(:c AS uuid) AND id = ANY(CAST(:ids AS uuid[]))
 ORDER BY id
 FOR UPDATE
 """
 # Invalid recipients are kept in the answer as typed, with no message row to find them by.
 _BROADCASTS_WITH_INVALID_SQL = """
-SELECT id::text, recipient_count, response FROM broadcasts
-WHERE church_id = CAST(:c AS uuid) AND response -> 'invalid' IS NOT NULL
+SELECT id::text, recipient_count, response_enc FROM broadcasts
+WHERE church_id = CAST(:c AS uuid) AND response_has_invalid
 ORDER BY id
 FOR UPDATE
 """
 _UPDATE_BROADCAST_SQL = """
-UPDATE broadcasts SET response = CAST(:r AS jsonb),
+UPDATE broadcasts SET response_enc = :r,
        request_hash = CASE WHEN recipient_count <= 1 AND request_hash IS NOT NULL THEN :marker ELSE request_hash END
 WHERE id = CAST(:id AS uuid)
 """
 
 _CONTACTS_SQL = """
-SELECT id::text, email FROM contacts WHERE church_id = CAST(:c AS uuid) AND phone = :phone ORDER BY id FOR UPDATE
+SELECT id::text, email_enc FROM contacts WHERE church_id = CAST(:c AS uuid) AND phone_hash = :h ORDER BY id FOR UPDATE
 """
 _DELETE_CONTACTS_SQL = """
 WITH gm AS (SELECT count(*) AS n FROM group_members WHERE contact_id = ANY(CAST(:ids AS uuid[]))),
@@ -174,7 +182,7 @@ _DELETE_CONVERSATIONS_SQL = """
 WITH conv AS (
     SELECT id FROM conversations
     WHERE church_id = CAST(:c AS uuid)
-      AND (contact_address = ANY(CAST(:addresses AS text[])) OR contact_id = ANY(CAST(:contacts AS uuid[])))
+      AND (contact_hash = ANY(CAST(:hashes AS bytea[])) OR contact_id = ANY(CAST(:contacts AS uuid[])))
     ORDER BY id
     FOR UPDATE
 ), texts AS (SELECT count(*) AS n FROM conversation_messages WHERE conversation_id IN (SELECT id FROM conv)),
@@ -182,13 +190,13 @@ gone AS (DELETE FROM conversations WHERE id IN (SELECT id FROM conv) RETURNING 1
 SELECT (SELECT count(*) FROM gone), (SELECT n FROM texts)
 """
 _OPTED_OUT_SQL = """
-SELECT EXISTS (SELECT 1 FROM opt_outs WHERE church_id = CAST(:c AS uuid) AND channel = 'sms' AND address = :phone)
+SELECT EXISTS (SELECT 1 FROM opt_outs WHERE church_id = CAST(:c AS uuid) AND channel = 'sms' AND address_hash = :h)
 """
 _DELETE_OPT_OUTS_SQL = """
 WITH state AS (
-    DELETE FROM opt_outs WHERE church_id = CAST(:c AS uuid) AND address = ANY(CAST(:addresses AS text[])) RETURNING 1
+    DELETE FROM opt_outs WHERE church_id = CAST(:c AS uuid) AND address_hash = ANY(CAST(:hashes AS bytea[])) RETURNING 1
 ), history AS (
-    DELETE FROM opt_out_events WHERE church_id = CAST(:c AS uuid) AND address = ANY(CAST(:addresses AS text[]))
+    DELETE FROM opt_out_events WHERE church_id = CAST(:c AS uuid) AND address_hash = ANY(CAST(:hashes AS bytea[]))
     RETURNING 1
 )
 SELECT (SELECT count(*) FROM state), (SELECT count(*) FROM history)
@@ -298,15 +306,18 @@ def delete_person(
     _require_church(pool, church_id, allow_deleted=False)
     national = _national_digits(e164)
     report = PersonDeletion()
+    ring = crypto.keyring()
+    phone_hash = ring.lookup_hash(church_id, e164)
     contacts = pool.run(
-        "SELECT id::text, email FROM contacts WHERE church_id = CAST(:c AS uuid) AND phone = :phone",
-        c=church_id, phone=e164,
+        "SELECT id::text, email_enc FROM contacts WHERE church_id = CAST(:c AS uuid) AND phone_hash = :h",
+        c=church_id, h=phone_hash,
     )  # fmt: skip
     # The contact's email is theirs too (mail messages, mail opt-outs); read before the contact goes last.
-    addresses = [e164, *sorted({str(email) for _, email in contacts if email})]
+    addresses = [e164, *sorted(_emails(contacts))]
     while True:
         with pool.transaction() as conn:
             erased, pending = _erase_message_batch(conn, church_id, addresses, national, batch_size, report)
+        emit_to(pool, redis, [Event.messages(EventType.cancelled, pending)])  # common/analytics: never raises
         _remove_from_queue(redis, pending, report)
         if progress is not None:
             progress(report)
@@ -321,18 +332,19 @@ def delete_person(
             if erased < batch_size:
                 break
         _scrub_broadcasts(conn, church_id, _BROADCASTS_WITH_INVALID_SQL, {}, addresses, national, report)
-        rows = conn.run(_CONTACTS_SQL, c=church_id, phone=e164)
+        rows = conn.run(_CONTACTS_SQL, c=church_id, h=phone_hash)
         report.contact_ids = [r[0] for r in rows]
-        addresses = sorted(set(addresses) | {str(r[1]) for r in rows if r[1]})
-        if conn.run(_OPTED_OUT_SQL, c=church_id, phone=e164)[0][0]:
+        addresses = sorted(set(addresses) | _emails(rows))
+        hashes = crypto.lookup_hashes(church_id, addresses)
+        if conn.run(_OPTED_OUT_SQL, c=church_id, h=phone_hash)[0][0]:
             report.suppression_added = suppression.record(conn, church_id, e164)
             report.suppression_kept = True
         else:
             report.suppression_kept = suppression.is_suppressed(conn, church_id, e164)
-        state, history = conn.run(_DELETE_OPT_OUTS_SQL, c=church_id, addresses=addresses)[0]
+        state, history = conn.run(_DELETE_OPT_OUTS_SQL, c=church_id, hashes=hashes)[0]
         report.opt_outs, report.opt_out_events = int(state), int(history)
         threads, texts = conn.run(
-            _DELETE_CONVERSATIONS_SQL, c=church_id, addresses=addresses, contacts=report.contact_ids
+            _DELETE_CONVERSATIONS_SQL, c=church_id, hashes=hashes, contacts=report.contact_ids
         )[0]
         report.conversations, report.conversation_messages = int(threads), int(texts)
         if report.contact_ids:
@@ -344,6 +356,7 @@ def delete_person(
                 target=f"contact:{report.contact_ids[0]}" if report.contact_ids else "person",
                 details={"scope": "person", **report.counts(), "suppression_kept": report.suppression_kept},
             )  # fmt: skip
+    emit_to(pool, redis, [Event.messages(EventType.cancelled, pending)])
     _remove_from_queue(redis, pending, report)
     logger.info(
         "person erased" if report.changed else "person erasure found nothing to erase",
@@ -359,7 +372,7 @@ def _erase_message_batch(
 
     Returns how many were erased, and the ids of those that were still pending (to take off Redis).
     """
-    rows = conn.run(_ERASE_MESSAGES_SQL, c=church_id, addresses=addresses, limit=limit)
+    rows = conn.run(_ERASE_MESSAGES_SQL, c=church_id, hashes=crypto.lookup_hashes(church_id, addresses), limit=limit)
     if not rows:
         return 0, []
     ids = [r[0] for r in rows]
@@ -378,14 +391,21 @@ def _scrub_broadcasts(
     conn: Connection, church_id: str, sql: str, params: dict[str, Any], addresses: list[str], national: str,
     report: PersonDeletion,
 ) -> None:  # fmt: skip
-    for broadcast_id, _count, response in conn.run(sql, c=church_id, **params):
-        if response is None:
+    ring = crypto.keyring()
+    for broadcast_id, _count, sealed in conn.run(sql, c=church_id, **params):
+        if sealed is None:
             continue
-        data = response if isinstance(response, dict | list) else json.loads(response)
-        cleaned, changed = _scrub(data, {a.lower() for a in addresses}, national)
+        cleaned, changed = _scrub(json.loads(ring.open(sealed, "answer")), {a.lower() for a in addresses}, national)
         if changed:
-            conn.run(_UPDATE_BROADCAST_SQL, id=broadcast_id, r=json.dumps(cleaned), marker=ERASED_REQUEST_HASH)
+            resealed = ring.seal(json.dumps(cleaned), "answer")
+            conn.run(_UPDATE_BROADCAST_SQL, id=broadcast_id, r=resealed, marker=ERASED_REQUEST_HASH)
             report.broadcasts += 1
+
+
+def _emails(contacts: Iterable[Sequence[Any]]) -> set[str]:
+    """The contacts' email addresses, opened from ``(id, email_enc)`` rows."""
+    ring = crypto.keyring()
+    return {ring.open(sealed, "address") for _, sealed in contacts if sealed is not None}
 
 
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -674,9 +694,9 @@ def _sweep_church_redis(
         names = [str(k) for k in client.scan_iter(match=f"{{{gate.prefix}}}:*{church_id}*", count=1000)]
         for start in range(0, len(names), 500):
             report.redis_keys += int(client.delete(*names[start : start + 500]))
-        for sender in senders:  # numbers no other church sends from
-            report.redis_keys += int(client.delete(keys.bucket(sender)))
-            client.hdel(keys.limits, sender)
+        for sender in senders:  # numbers no other church sends from: their bucket and rate on every channel
+            report.redis_keys += int(client.delete(*(keys.bucket(channel, sender) for channel in CHANNELS)))
+            client.hdel(keys.limits, *(sender_id(channel, sender) for channel in CHANNELS))
         if cached:  # again: the first drop may have met a Redis blip
             report.redis_keys += int(client.delete(*cached))
 

@@ -2,13 +2,15 @@
 
 When a person who had opted out of a church asks to be erased, their opt-out rows go with everything
 else, but the church may later re-add the number (a contact import, a typed ``to``). So the deletion
-keeps ``HMAC-SHA256(key, "<church id>:<E.164>")`` in ``erasure_suppressions`` (migration 0007), and
-``accept`` (common/send/service.py ``_opted_out``) treats a recipient whose hash is there as opted out.
+keeps the number's lookup hash (common/privacy/crypto.py ``lookup_hash``: ``HMAC-SHA256(LOOKUP_KEY,
+"<church id>:<E.164>")``) in ``erasure_suppressions`` (migration 0007), and ``accept``
+(common/send/service.py ``_opted_out``) treats a recipient whose hash is there as opted out.
 
-- The key is derived from ``ENCRYPTION_KEY`` (``settings.encryption_key_bytes``) for this purpose only,
-  so the table alone (a dump, a backup) cannot be brute-forced over the ~10^10 numbers of a country,
-  as a plain SHA-256 could. Rotating ``ENCRYPTION_KEY`` without re-keying this table lifts these
-  suppressions: re-hash with both keys during a rotation.
+- The same hash as ``contacts.phone_hash``, ``messages.to_hash`` and ``opt_outs.address_hash`` of that
+  number: a suppression can be matched against those columns in SQL alone. ``LOOKUP_KEY`` is a secret
+  of its own, so the table alone (a dump, a backup) cannot be brute-forced over the ~10^10 numbers of a
+  country, as a plain SHA-256 could; and since it is not derived from ``ENCRYPTION_KEY``, rotating the
+  encryption key (``koinonia rotate-key``) leaves every suppression in force.
 - The church id is inside the hash: the same number erased from two churches gives two unrelated
   values, so the table cannot link a person across churches.
 - Only people who had opted out (``opt_outs`` row for the number, ``sms``) are kept. Anyone else who
@@ -24,10 +26,8 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 
-from common.config import get_settings
 from common.db.pool import Connection
-
-_KEY_CONTEXT = b"koinonia/erasure-suppression/v1"
+from common.privacy import crypto
 
 _RECORD_SQL = """
 INSERT INTO erasure_suppressions (church_id, channel, address_hmac)
@@ -50,13 +50,14 @@ RETURNING 1
 _ANY_SQL = "SELECT EXISTS (SELECT 1 FROM erasure_suppressions WHERE church_id = CAST(:c AS uuid))"
 
 
-def _key() -> bytes:
-    return hmac.new(get_settings().encryption_key_bytes, _KEY_CONTEXT, hashlib.sha256).digest()
-
-
 def address_hmac(church_id: str, address: str, *, key: bytes | None = None) -> bytes:
-    """The keyed hash this church keeps for an erased, opted-out address (32 bytes)."""
-    return hmac.new(key or _key(), f"{church_id}:{address}".encode(), hashlib.sha256).digest()
+    """The keyed hash this church keeps for an erased, opted-out address: its lookup hash (32 bytes).
+
+    ``key``: a lookup key other than the configured ``LOOKUP_KEY`` (the same HMAC, under that key).
+    """
+    if key is None:
+        return crypto.lookup_hash(church_id, address)
+    return hmac.new(key, f"{church_id}:{address}".encode(), hashlib.sha256).digest()
 
 
 def record(conn: Connection, church_id: str, address: str, *, channel: str = "sms") -> bool:
@@ -68,8 +69,7 @@ def matching(conn: Connection, church_id: str, addresses: Sequence[str], *, chan
     """Which of ``addresses`` this church erased while they were opted out."""
     if not addresses:
         return set()
-    key = _key()
-    by_hash = {address_hmac(church_id, a, key=key): a for a in addresses}
+    by_hash = dict(zip(crypto.lookup_hashes(church_id, addresses), addresses, strict=True))
     rows = conn.run(_MATCH_SQL, c=church_id, channel=channel, hs=list(by_hash))
     return {by_hash[bytes(row[0])] for row in rows}
 

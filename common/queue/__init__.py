@@ -13,13 +13,14 @@ Key layout (``{p}`` = the prefix's hash tag: every key sits in one Redis Cluster
                                                             where each id is (r ready | d delayed | <seq> inflight)
     {p}:q:delayed                                   ZSET    id -> due (epoch ms)
     {p}:q:inflight                                  ZSET    "<seq>:<id>" -> lease deadline (epoch ms)
-    {p}:q:limits                                    HASH    sender -> "<per_second> <burst>" (config)
-    {p}:q:bucket:<sender>                           STRING  sender token bucket (GCRA), expires when idle
+    {p}:q:limits                                    HASH    "<channel>|<sender>" -> "<per_second> <burst>" (config)
+    {p}:q:bucket:<channel>|<sender>                 STRING  sender token bucket per channel (GCRA), expires when idle
     {p}:q:account:<channel>                         STRING  account-wide bucket per channel, expires when idle
     {p}:q:seq                                       STRING  lease counter (one INCR per dequeue)
     {p}:q:wake                                      LIST    wake tokens for BLPOP (<= wake_tokens, expires)
 
     queue name = <lane>:<channel>:<church>:<sender>      lanes: conv before bulk
+    sender id  = <channel>|<sender>   a number's SMS and MMS have their own rates, so their own buckets
     message path:  enqueue --> ready --dequeue--> inflight --ack--> (gone)
                      |           ^                 |  |
                      |           +---reclaim-------+  +--retry_later--> delayed
@@ -32,7 +33,7 @@ list expire when idle. What stays is bounded by the backlog plus config (limits 
 from __future__ import annotations
 
 from common.queue.aqueue import AsyncMessageQueue
-from common.queue.keys import QueueKeys, parse_queue_name, queue_name
+from common.queue.keys import QueueKeys, parse_queue_name, queue_name, sender_id
 from common.queue.queue import MessageQueue
 from common.queue.types import (
     CHANNELS,
@@ -44,6 +45,7 @@ from common.queue.types import (
     QueueConfig,
     QueueDepths,
     QueueItem,
+    SenderKey,
     SenderLimit,
 )
 
@@ -60,7 +62,9 @@ __all__ = [
     "QueueDepths",
     "QueueItem",
     "QueueKeys",
+    "SenderKey",
     "SenderLimit",
     "parse_queue_name",
     "queue_name",
+    "sender_id",
 ]

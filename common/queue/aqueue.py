@@ -24,7 +24,7 @@ from common.queue.calls import Calls, ScriptCall, total
 from common.queue.keys import QueueKeys
 from common.queue.queue import DEFAULT_CONFIG, NO_LIMITS, blocking_slices
 from common.queue.scripts import SCRIPT_NAMES, ScriptName, source
-from common.queue.types import Dequeued, Lease, QueueConfig, QueueDepths, QueueItem, SenderLimit
+from common.queue.types import Dequeued, Lease, QueueConfig, QueueDepths, QueueItem, SenderKey, SenderLimit
 
 
 class AsyncMessageQueue:
@@ -66,7 +66,7 @@ class AsyncMessageQueue:
             pending = missing
         raise NoScriptError("queue scripts keep disappearing from Redis (SCRIPT FLUSH in a loop?)")
 
-    async def enqueue(self, items: Sequence[QueueItem], sender_limits: Mapping[str, SenderLimit] = NO_LIMITS) -> int:
+    async def enqueue(self, items: Sequence[QueueItem], sender_limits: Mapping[SenderKey, SenderLimit] = NO_LIMITS) -> int:
         return total(await self._run_all(self._calls.enqueue(items, sender_limits)))
 
     async def dequeue(self, max_items: int, lease_ms: int) -> Dequeued:

@@ -10,9 +10,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.queue.keys import QueueKeys, parse_queue_name, queue_name
+from common.queue.keys import QueueKeys, parse_queue_name, queue_name, sender_id
 from common.queue.scripts import ScriptName
-from common.queue.types import CHANNELS, Dequeued, Lease, QueueConfig, QueueDepths, QueueItem, SenderLimit
+from common.queue.types import CHANNELS, Dequeued, Lease, QueueConfig, QueueDepths, QueueItem, SenderKey, SenderLimit
 
 Arg = str | int | float
 
@@ -56,7 +56,7 @@ class Calls:
     def _wake_args(self) -> list[Arg]:
         return [self.config.wake_tokens, self.config.wake_ttl_ms]
 
-    def enqueue(self, items: Sequence[QueueItem], sender_limits: Mapping[str, SenderLimit]) -> list[ScriptCall]:
+    def enqueue(self, items: Sequence[QueueItem], sender_limits: Mapping[SenderKey, SenderLimit]) -> list[ScriptCall]:
         rows: list[Arg] = []
         for item in items:
             if not item.message_id:
@@ -67,8 +67,8 @@ class Calls:
                 "" if item.due_at_ms is None else int(item.due_at_ms),
             ]
         limits: list[Arg] = []
-        for sender, limit in sender_limits.items():
-            limits += [sender, limit.encode()]
+        for (channel, sender), limit in sender_limits.items():
+            limits += [sender_id(channel, sender), limit.encode()]
         keys = [*self.keys.rings, self.keys.msg, self.keys.delayed, self.keys.limits, self.keys.wake]
         head: list[Arg] = [self.keys.tag, *self._wake_args]
         chunks = _chunks(rows, 3 * self.config.enqueue_chunk) or ([[]] if limits else [])

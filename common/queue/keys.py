@@ -5,6 +5,10 @@ lives in one Redis Cluster slot and a Lua script may touch any of its keys atomi
 identifies one ready list: ``<lane>:<channel>:<church>:<sender>``. Lane and channel come from fixed
 sets and the church id may not contain ``:``, so the sender, last, may hold anything (an e-mail
 address, a ``:``): the Lua side splits on the first three colons only.
+
+A sender's token bucket and its limit are per channel: ``<channel>|<sender>`` (:func:`sender_id`), the
+name ``dequeue.lua`` builds from the queue name it serves. The channel comes from a fixed set without
+``|``, so the first ``|`` splits it off whatever the sender holds.
 """
 
 from __future__ import annotations
@@ -65,8 +69,9 @@ class QueueKeys:
     def ready(self, queue: str) -> str:
         return self.key("ready", queue)
 
-    def bucket(self, sender: str) -> str:
-        return self.key("bucket", sender)
+    def bucket(self, channel: Channel, sender: str) -> str:
+        """The token bucket of ``sender`` on ``channel`` (its field in :attr:`limits` is :func:`sender_id`)."""
+        return self.key("bucket", sender_id(channel, sender))
 
     def account(self, channel: Channel) -> str:
         return self.key("account", channel)
@@ -86,6 +91,15 @@ def queue_name(lane: Lane, channel: Channel, church_id: str, sender: str) -> str
     if not sender:
         raise ValueError("sender must be non-empty")
     return f"{lane}:{channel}:{church_id}:{sender}"
+
+
+def sender_id(channel: Channel, sender: str) -> str:
+    """``<channel>|<sender>``: names one sender's bucket and its field in the limits hash (see the module doc)."""
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}; expected one of {CHANNELS}")
+    if not sender:
+        raise ValueError("sender must be non-empty")
+    return f"{channel}|{sender}"
 
 
 def parse_queue_name(name: str) -> tuple[Lane, Channel, str, str]:

@@ -20,10 +20,10 @@ from redis.exceptions import NoScriptError
 from common.queue.calls import Calls, ScriptCall, total
 from common.queue.keys import QueueKeys
 from common.queue.scripts import SCRIPT_NAMES, ScriptName, source
-from common.queue.types import Dequeued, Lease, QueueConfig, QueueDepths, QueueItem, SenderLimit
+from common.queue.types import Dequeued, Lease, QueueConfig, QueueDepths, QueueItem, SenderKey, SenderLimit
 
 DEFAULT_CONFIG = QueueConfig()
-NO_LIMITS: Mapping[str, SenderLimit] = MappingProxyType({})
+NO_LIMITS: Mapping[SenderKey, SenderLimit] = MappingProxyType({})
 
 
 def blocking_slices(client_kwargs: Mapping[str, Any], timeout_s: float) -> list[float]:
@@ -94,8 +94,11 @@ class MessageQueue:
 
     # -- producers (send, scheduler) ------------------------------------------------------------
 
-    def enqueue(self, items: Sequence[QueueItem], sender_limits: Mapping[str, SenderLimit] = NO_LIMITS) -> int:
-        """Add items (ids already held are left alone); returns how many were new. Wakes consumers."""
+    def enqueue(self, items: Sequence[QueueItem], sender_limits: Mapping[SenderKey, SenderLimit] = NO_LIMITS) -> int:
+        """Add items (ids already held are left alone); returns how many were new. Wakes consumers.
+
+        ``sender_limits``: the rate of each ``(channel, sender)`` the items use (stored for dequeue; a sender
+        and channel without one gets ``QueueConfig.default_sender``)."""
         return total(self._run_all(self._calls.enqueue(items, sender_limits)))
 
     def holds(self, message_ids: Sequence[str]) -> list[bool]:

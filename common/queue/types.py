@@ -13,6 +13,10 @@ Channel = Literal["sms", "mms", "mail"]
 LANES: tuple[Lane, ...] = get_args(Lane)
 CHANNELS: tuple[Channel, ...] = get_args(Channel)
 
+SenderKey = tuple[Channel, str]
+"""Whose token bucket: ``(channel, sender)``. One number has its own SMS and MMS rates (``sender_numbers``),
+so each channel of a number has its own bucket; an MMS backlog never spends the number's SMS tokens."""
+
 
 @dataclass(frozen=True)
 class QueueItem:
@@ -37,6 +41,13 @@ class SenderLimit:
     def __post_init__(self) -> None:
         if not self.per_second > 0 or self.burst < 1:
             raise ValueError(f"SenderLimit needs per_second > 0 and burst >= 1, got {self}")
+
+    @classmethod
+    def for_rate(cls, per_second: float) -> SenderLimit:
+        """A number's configured rate (``sender_numbers.sms_per_second`` / ``mms_per_second``) with a tenth
+        of a second of burst: a fast sender is not served one message per dequeue, and over any one second
+        it still never exceeds rate + burst."""
+        return cls(per_second, max(1, int(per_second // 10)))
 
     def encode(self) -> str:
         """How it is stored in the limits hash (and parsed by the dequeue script): ``"<rate> <burst>"``."""

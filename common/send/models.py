@@ -1,21 +1,40 @@
 """The body of ``POST /messages``, validated with pydantic (types, sizes, combinations).
 
-Validation of meaning (is this number real, is this group ours, does the text fit in 10 segments)
-happens in ``common.send.service``, where the database is at hand.
+Validation of meaning (is this number or email address real, is this group ours, does the text fit in 10
+segments) happens in ``common.send.service``, where the database is at hand.
+
+Mail (``channel: mail``) carries a ``subject`` (required, one line, at most 998 characters: RFC 5322's
+line limit), the plain-text ``text`` (required) and an optional ``html`` part; ``to`` holds email
+addresses. SMS and MMS refuse ``subject`` and ``html``; mail refuses ``media_urls`` and ``from`` (mail
+always goes out from the configured ``MAIL_FROM``).
 """
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, Strict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from common.api_errors import Unprocessable
+from common.media import MAX_MEDIA, MESSAGES
 from common.request_models import Id, Time
 
 max_recipients = 10_000
 max_groups = 100
 default_deadline_s = 4 * 3600  # as Telnyx's own queue: a text that cannot go out in 4 hours is expired
+max_subject_length = 998  # characters: RFC 5322's line length limit
+max_html_length = 200_000  # characters (at most 800 KB of UTF-8: within the 2 MiB body limit and SES's 10 MB)
 
 
 class SendRequest(BaseModel):
@@ -42,15 +61,27 @@ class SendRequest(BaseModel):
                     "media_urls": ["https://example.org/flyer.jpg"],
                     "send_at": "2030-12-06T09:00:00-06:00",
                 },
+                {
+                    "channel": "mail",
+                    "to": ["ann.lee@example.org"],
+                    "subject": "Advent newsletter",
+                    "text": "Advent services start Sunday at 10am.",
+                    "html": "<p>Advent services start <b>Sunday at 10am</b>.</p>",
+                },
             ]
         },
     )
 
-    channel: Literal["sms", "mms"]
-    to: str | list[str] | None = Field(default=None, description="one number or up to 10,000")
+    channel: Literal["sms", "mms", "mail"]
+    to: str | list[str] | None = Field(
+        default=None, description="one number or up to 10,000 (mail: one email address or up to 10,000)"
+    )
     groups: list[Id] | None = Field(default=None, max_length=max_groups)
     text: str = Field(default="", max_length=20_000)
-    media_urls: list[Annotated[HttpUrl, Strict(False)]] | None = Field(default=None, max_length=10)
+    subject: str | None = Field(default=None, max_length=max_subject_length, description="mail only: one line, required")
+    html: str | None = Field(default=None, max_length=max_html_length, description="mail only: the HTML part beside text")
+    # https only, type and size: common/media.py, when the send is accepted (http passes here, refused there)
+    media_urls: list[Annotated[HttpUrl, Strict(False)]] | None = Field(default=None, max_length=MAX_MEDIA)
     from_: str | None = Field(default=None, alias="from")
     send_at: Time | None = None
     skip_invalid: bool = False
@@ -67,20 +98,35 @@ class SendRequest(BaseModel):
             raise ValueError(f"at most {max_recipients:,} recipients per request; got {len(value):,}")
         return value
 
-    @field_validator("text")
+    @field_validator("text", "html", "subject")
     @classmethod
-    def _encodable(cls, value: str) -> str:
+    def _encodable(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise ValueError("text has a character that is not valid Unicode (a lone surrogate); remove it") from None
+            raise ValueError(
+                f"{info.field_name} has a character that is not valid Unicode (a lone surrogate); remove it"
+            ) from None
         if "\x00" in value:
-            raise ValueError("text has a NUL character (\\u0000); remove it")
+            raise ValueError(f"{info.field_name} has a NUL character (\\u0000); remove it")
+        return value
+
+    @field_validator("subject")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        # A line break in a subject would start another mail header ("Bcc: ..."): refuse every control character.
+        if value is not None and any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in value):
+            raise ValueError("subject must be one line: no line break, tab or other control character")
         return value
 
     @field_validator("media_urls", mode="before")
     @classmethod
     def _no_controls(cls, value: Any) -> Any:
+        if isinstance(value, list) and len(value) > MAX_MEDIA:
+            # Before any item is parsed, in the media check's own words (common/media.py), not pydantic's.
+            raise ValueError(MESSAGES["too_many_media"].format(limit=MAX_MEDIA, count=len(value)))
         # A URL parser silently drops tabs and line breaks (WHATWG); refuse them instead of sending another URL.
         if isinstance(value, list):
             for url in value:
@@ -91,7 +137,23 @@ class SendRequest(BaseModel):
     @model_validator(mode="after")
     def _combinations(self) -> SendRequest:
         if not self.to and not self.groups:
+            if self.channel == "mail":
+                raise ValueError("@to: give 'to' (an email address or a list of them) or 'groups' (group ids)")
             raise ValueError("@to: give 'to' (a number or a list of numbers) or 'groups' (group ids)")
+        if self.channel == "mail":
+            if self.media_urls:
+                raise ValueError("@media_urls: media_urls needs channel 'mms'; mail carries text and html")
+            if self.from_ is not None:
+                raise ValueError("@from: mail is sent from the configured MAIL_FROM address; leave 'from' out")
+            if self.subject is None or not self.subject.strip():
+                raise ValueError("@subject: subject is required for mail")
+            if not self.text.strip():
+                raise ValueError("@text: text is required for mail (the plain-text part; html is optional beside it)")
+            return self
+        if self.subject is not None:
+            raise ValueError("@subject: subject needs channel 'mail'")
+        if self.html is not None:
+            raise ValueError("@html: html needs channel 'mail'")
         if self.channel == "sms":
             if self.media_urls:
                 raise ValueError("@media_urls: media_urls needs channel 'mms'")

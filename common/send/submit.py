@@ -8,7 +8,10 @@ from typing import Any
 
 import redis
 
+from common.analytics import Event, emit
+from common.analytics.events import status_events
 from common.limits.sends import send_limits
+from common.media import check_media_with_settings
 from common.queue import QueueItem, SenderLimit
 from common.redis_client import RedisUnavailable
 from common.runtime import Runtime
@@ -24,9 +27,11 @@ def submit(rt: Runtime, church_id: str, request: SendRequest, payload: Any, idem
     accepted = accept(
         rt.pool, church_id, request, raw_payload=payload, idempotency_key=idempotency_key,
         admit=send_limits(rt.redis, rt.settings),  # rate limits and quota: 429/402 before anything is written
+        media_check=lambda urls: check_media_with_settings(urls, rt.settings),  # an MMS's media: 422 or warnings
     )  # fmt: skip
     if accepted.replayed:
         return Reply(accepted.response, 202, {"Idempotent-Replayed": "true"})
+    emit(rt, [Event.broadcast(accepted.broadcast_id)])  # analytics (common/analytics): best effort, never raises
     if rt.settings.enable_queues and _enqueue(rt, accepted):
         return Reply(accepted.response, 202)
     if not accepted.queued_ids:
@@ -58,11 +63,10 @@ def _enqueue(rt: Runtime, accepted: Accepted) -> bool:
         for mid, due_ms in due
     ]
     rate = accepted.sender.mms_per_second if accepted.channel == "mms" else accepted.sender.sms_per_second
+    # The number's rate on this channel, in the bucket of (channel, number): its SMS and MMS are limited apart.
+    limits = {(accepted.channel, accepted.sender.phone): SenderLimit.for_rate(rate)}
     try:
-        # A tenth of a second of burst: a fast sender is not served one message per dequeue, and over
-        # any one second it still never exceeds rate + burst.
-        limit = SenderLimit(rate, max(1, int(rate // 10)))
-        rt.redis.call(lambda _client: rt.queue.enqueue(items, {accepted.sender.phone: limit}))
+        rt.redis.call(lambda _client: rt.queue.enqueue(items, limits))
     except (RedisUnavailable, redis.RedisError) as exc:
         # Accepted rows are safe in PostgreSQL; deliver them inline instead of failing the request.
         logger.warning("enqueue failed, sending inline", extra={"fields": {"error": type(exc).__name__}})
@@ -78,12 +82,14 @@ def _send_inline(rt: Runtime, accepted: Accepted) -> dict[str, Any]:
     ids = accepted.queued_ids
 
     async def run() -> dict[str, str]:
-        async with rt.carrier(max_connections=min(50, max(1, len(ids)))) as carrier:
+        async with rt.carrier(max_connections=min(50, max(1, len(ids)))) as carrier, rt.mail() as mail:
             return await deliver_inline(
-                rt.pool, carrier, ids, budget_s=rt.settings.inline_budget_s, per_second=rate, lease_s=rt.settings.lease_s
-            )
+                rt.pool, carrier, ids, budget_s=rt.settings.inline_budget_s, per_second=rate, lease_s=rt.settings.lease_s,
+                mail=mail,
+            )  # fmt: skip
 
     statuses = asyncio.run(run()) if ids else {}
+    emit(rt, status_events(statuses))
     response = dict(accepted.response)
     response["mode"] = "inline"
     response["recipients"] = [

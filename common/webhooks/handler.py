@@ -7,7 +7,8 @@
    forward (common/messages/receipts.py), an inbound text lands in its conversation with its keyword
    handled (common/conversations/inbound.py).
 3. After COMMIT a keyword reply is handed to Redis; if Redis is off or down it stays ``queued`` in
-   PostgreSQL, where the retry-scheduler's reconcile (or its inline mode) picks it up.
+   PostgreSQL, where the retry-scheduler's reconcile (or its inline mode) picks it up. What changed goes
+   to the analytics stream (common/analytics/events.py: best effort, never fails the answer).
 
 A failure inside 2 rolls everything back and answers 5xx, so Telnyx delivers the event again.
 """
@@ -18,6 +19,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from common import analytics
 from common.api_errors import ApiError, PayloadTooLarge
 from common.conversations.inbound import InboundResult, record_inbound
 from common.db.pool import Connection
@@ -55,6 +57,7 @@ def handle(rt: Runtime, headers: Mapping[str, str], body: bytes) -> Reply:
     if event is None:
         return Reply({"result": "ignored"})
     result = _apply(rt, event)
+    analytics.emit(rt, _changed(event, result))
     if isinstance(result, InboundResult) and result.reply is not None and not enqueue_accepted(rt, result.reply):
         logger.info("keyword reply left for the retry-scheduler (queues off or Redis down)")
     return Reply({"result": "applied" if result is not None else "duplicate", "event_id": event.event_id})
@@ -67,9 +70,8 @@ def _apply(rt: Runtime, event: Event) -> InboundResult | bool | None:
             return None
         if isinstance(event, Receipt):
             receipts.lock_message(conn, event.message_id)
-            if receipts.record(conn, event):
-                receipts.apply_one(conn, event.provider_message_id)
-            return True
+            # True: the receipt moved its message forward now (False: older news, or its message not ready yet).
+            return receipts.record(conn, event) and receipts.apply_one(conn, event.provider_message_id) > 0
         if isinstance(event, Inbound):
             inbound = record_inbound(conn, event, new_id=uuid7)
             logger.info(
@@ -90,3 +92,19 @@ def _first_delivery(conn: Connection, event: Event) -> bool:
         id=event.event_id, type=event_type, at=event.occurred_at,
     )  # fmt: skip
     return bool(rows)
+
+
+def _changed(event: Event, result: InboundResult | bool | None) -> list[analytics.Event]:
+    """The analytics events of an applied webhook (none for a duplicate or a receipt that moved nothing)."""
+    if isinstance(event, Receipt) and result is True:
+        if event.message_id is not None:
+            return [analytics.Event.messages(event.status, [event.message_id])]
+        return [analytics.Event.provider(event.status, [event.provider_message_id])]
+    if not isinstance(result, InboundResult) or result.church_id is None:
+        return []
+    changed = [analytics.Event.reply(result.text_id)] if result.text_id else []
+    if result.kind == "opt_out" and result.conversation_id:  # recorded (and audited) now, even if nothing changed
+        changed.append(analytics.Event.conversation(analytics.EventType.opted_out, result.conversation_id))
+    if result.reply is not None:
+        changed.append(analytics.Event.broadcast(result.reply.broadcast_id))
+    return changed

@@ -1,11 +1,13 @@
 """send: ``POST /messages`` (accept a send); reads: ``GET /messages[/{id}]``, ``GET /conversations[/{id}/messages]``;
-keys and audit: ``/keys[/{id}]``, ``/audit``, and the operator's ``/churches/{church_id}/keys[/{id}]``, ``/audit``."""
+analytics: ``GET /usage``, ``GET /broadcasts/{id}/report``, ``GET /analytics/daily``; keys and audit: ``/keys[/{id}]``,
+``/audit``, and the operator's ``/churches/{church_id}/keys[/{id}]``, ``/audit``."""
 
 from __future__ import annotations
 
 import flask
 import functions_framework
 
+from common.analytics import api as analytics_api
 from common.auth import api as keys_api
 from common.auth.authenticate import authenticate_runtime
 from common.config import get_settings
@@ -62,6 +64,24 @@ def post_privacy_deletion(request: flask.Request) -> Reply:
     return privacy_api.deletion_request(rt, caller.church_id, caller.actor, json_body(request))
 
 
+def get_usage(request: flask.Request) -> Reply:
+    rt = get_runtime()
+    caller = authenticate_runtime(rt, request.headers.get("Authorization"))
+    return analytics_api.usage(rt, caller.church_id)
+
+
+def broadcast_report(request: flask.Request, broadcast_id: str) -> Reply:
+    rt = get_runtime()
+    caller = authenticate_runtime(rt, request.headers.get("Authorization"))
+    return analytics_api.report(rt, caller.church_id, broadcast_id)
+
+
+def analytics_daily(request: flask.Request) -> Reply:
+    rt = get_runtime()
+    caller = authenticate_runtime(rt, request.headers.get("Authorization"))
+    return analytics_api.daily(rt, caller.church_id, dict(request.args))
+
+
 ROUTES = [
     route("POST", "/messages", post_messages),
     route("GET", "/messages", list_messages),
@@ -69,6 +89,10 @@ ROUTES = [
     route("GET", "/conversations", list_conversations),
     route("GET", "/conversations/{conversation_id}/messages", conversation_thread),
     route("POST", "/privacy/deletions", post_privacy_deletion),  # erase one person (common/privacy/api.py)
+    # Usage, reports and daily aggregates (common/analytics/api.py)
+    route("GET", "/usage", get_usage),
+    route("GET", "/broadcasts/{broadcast_id}/report", broadcast_report),
+    route("GET", "/analytics/daily", analytics_daily),
     # API keys and the audit trail (common/auth/api.py): a church's own, and the operator's for any church
     route("POST", "/keys", keys_api.create_own_key),
     route("GET", "/keys", keys_api.list_own_keys),

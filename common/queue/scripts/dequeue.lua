@@ -9,6 +9,10 @@
 --       13 housekeeping limit, 14 discard limit
 -- Returns {now_ms, next_ready_ms or -1, lease seq or '', then per served queue: name, n, n ids}.
 --
+-- Sender buckets are per (channel, sender): "<channel>|<sender>" names both the bucket key and the
+-- rate's field in the limits hash, so one number's MMS (say 1/s) and SMS (10/s) are limited apart and
+-- a parked MMS queue never spends or waits on the number's SMS tokens.
+--
 -- How a batch is chosen
 --   Each (lane, channel) has a ring: a ZSET of queue names scored by "eligible since" (epoch us).
 --   The lowest score goes next. A served queue is re-scored to the later of "now" and its sender's
@@ -51,18 +55,19 @@ local accounts = {}
 for c = 1, 3 do
   accounts[c] = bucket_load(KEYS[11 + c], tonumber(ARGV[5 + c]), tonumber(ARGV[8 + c]))
 end
-local senders = {}
-local function sender_bucket(sender)
-  local b = senders[sender]
+local senders = {}          -- sender id ("<channel>|<sender>") -> its bucket, loaded once per call
+local function sender_bucket(channel, sender)
+  local id = sender_id(channel, sender)
+  local b = senders[id]
   if not b then
     local rate, burst = default_rate, default_burst
-    local spec = redis.call('HGET', limits, sender)
+    local spec = redis.call('HGET', limits, id)
     if spec then
       local r, n = string.match(spec, '^(%S+) (%S+)$')
       rate, burst = tonumber(r) or rate, tonumber(n) or burst
     end
-    b = bucket_load(prefix .. ':q:bucket:' .. sender, rate, burst)
-    senders[sender] = b
+    b = bucket_load(prefix .. ':q:bucket:' .. id, rate, burst)
+    senders[id] = b
   end
   return b
 end
@@ -118,8 +123,8 @@ for lane = 1, 2 do
     local h = heads[best]
     heads[best] = nil
     local q = h.q1
-    local _, _, _, sender = parse_queue(q)
-    local sb = sender_bucket(sender)
+    local _, channel, _, sender = parse_queue(q)
+    local sb = sender_bucket(channel, sender)
     local room, at = bucket_room(sb, now)
     if room == 0 then
       redis.call('ZADD', ring, math.max(at, clock), q)  -- parked until its sender has a token

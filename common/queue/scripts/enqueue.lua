@@ -1,7 +1,8 @@
 -- enqueue: add messages, each at most once (the msg hash is the dedup set), and wake consumers.
 -- KEYS: 1-6 rings, 7 msg, 8 delayed, 9 limits, 10 wake
 -- ARGV: 1 prefix, 2 wake tokens, 3 wake ttl ms, 4 L = number of sender limits,
---       then L pairs (sender, "<rate> <burst>"), then triples (id, queue name, due epoch ms or '')
+--       then L pairs (sender id "<channel>|<sender>", "<rate> <burst>"), then triples
+--       (id, queue name, due epoch ms or '')
 -- Returns how many ids were new.
 local prefix = ARGV[1]
 local rings = ring_table(1)

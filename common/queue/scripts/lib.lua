@@ -7,6 +7,8 @@
 --               tag, so they live in the same slot as the KEYS the script was given. They cannot be
 --               passed in KEYS because which ones a script touches is only known while it runs.
 --   queue name  "<lane>:<channel>:<church>:<sender>" (sender last, may contain ':').
+--   sender id   "<channel>|<sender>": one sender's token bucket and its field in the limits hash are
+--               per channel (a number's SMS and MMS rates differ), built from the queue name served.
 --   msg state   HASH msg: id -> "<tok>:<queue name>", tok = 'r' (ready), 'd' (delayed) or the lease
 --               sequence number (inflight, then the inflight ZSET holds "<seq>:<id>").
 --   time        always Redis TIME (the callers' clocks may disagree). Effects replication (the
@@ -37,6 +39,11 @@ end
 
 local function ready_key(prefix, q)
   return prefix .. ':q:ready:' .. q
+end
+
+-- The same name as common/queue/keys.py sender_id(): "<channel>|<sender>".
+local function sender_id(channel, sender)
+  return channel .. '|' .. sender
 end
 
 -- KEYS[first .. first+5] are the rings in the fixed order (conv sms, conv mms, conv mail, bulk sms,
