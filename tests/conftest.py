@@ -12,11 +12,14 @@ import base64
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from functions_framework import create_app
+from werkzeug.serving import make_server
 
 from common import constants
 from common.config import Settings, get_settings, parse_database_url
@@ -25,7 +28,7 @@ from common.db.pool import Pool
 from common.redis_client import RedisGate
 from infra.embedded import PostgresProcess, RedisProcess
 from infra.telnyx_sandbox import Sandbox, SandboxConfig
-from tests.helpers import rebuild_singletons, set_env, with_database
+from tests.helpers import ROOT, rebuild_singletons, set_env, with_database
 from tests.webhook_signing import Signer
 
 
@@ -193,6 +196,25 @@ def signer(send_env: Settings, monkeypatch: pytest.MonkeyPatch) -> Signer:
     s = Signer()
     set_env(monkeypatch, **{constants.TELNYX_PUBLIC_KEY_ENV: s.public_key})
     return s
+
+
+@pytest.fixture
+def hooks_url(send_env: Settings, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """The webhooks function over real HTTP on a free port; the sandbox signs and posts its receipts and
+    members' texts there."""
+    app = create_app("webhooks", str(ROOT / "functions" / "webhooks" / "main.py"))
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="webhooks-function", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_port}/webhooks/telnyx"
+    set_env(monkeypatch, **{constants.TELNYX_PUBLIC_KEY_ENV: sandbox.webhook_public_key,
+                            constants.TELNYX_WEBHOOK_URL_ENV: url})  # fmt: skip
+    sandbox.configure(inbound_webhook_url=url)
+    try:
+        yield url
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
 
 
 MAIL_SENDER = "news@grace.example.org"  # the From address of `mail_env`, verified in moto

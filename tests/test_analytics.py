@@ -23,16 +23,12 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import httpx
 import pytest
-from functions_framework import create_app
-from werkzeug.serving import make_server
 
 from common import constants
 from common.analytics import Event, EventType, Processor, emit
@@ -424,24 +420,6 @@ def test_memory_stays_bounded_by_the_backlog(rt, pool):
 
 
 # -- the real pipeline, with faults ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def hooks_url(send_env, sandbox, monkeypatch) -> Iterator[str]:
-    """The webhooks function on a free port; the sandbox signs and sends its receipts and members' texts there."""
-    app = create_app("webhooks", str(ROOT / "functions" / "webhooks" / "main.py"))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="webhooks-function", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_port}/webhooks/telnyx"
-    set_env(monkeypatch, **{constants.TELNYX_PUBLIC_KEY_ENV: sandbox.webhook_public_key,
-                            constants.TELNYX_WEBHOOK_URL_ENV: url})  # fmt: skip
-    sandbox.configure(inbound_webhook_url=url)
-    try:
-        yield url
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
 
 
 def member_texts(sandbox: Any, text: str, frm: str, to: str) -> None:

@@ -20,24 +20,19 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import phonenumbers
 import pytest
-from functions_framework import create_app
-from werkzeug.serving import make_server
 
-from common import constants
 from common.consume import ConsumeBudget, run_consumer
 from common.privacy import crypto
 from common.privacy.rotation import SEALED_TABLES
 from common.runtime import get_runtime
 from tests.factories import Tenant, make_church, numbers
-from tests.helpers import ROOT, function_client, set_env
+from tests.helpers import function_client
 
 SENDER = "+13125550100"
 CHURCH_NAME = "Saint Brigid Fellowship"
@@ -173,24 +168,6 @@ def dump_redis(client, prefix: str) -> dict[str, list[str]]:
 
 
 # -- the system ----------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def hooks_url(send_env, sandbox, monkeypatch) -> Iterator[str]:
-    """The webhooks function over real HTTP; the sandbox signs and posts its webhooks there."""
-    app = create_app("webhooks", str(ROOT / "functions" / "webhooks" / "main.py"))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="webhooks-function", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_port}/webhooks/telnyx"
-    set_env(monkeypatch, **{constants.TELNYX_PUBLIC_KEY_ENV: sandbox.webhook_public_key,
-                            constants.TELNYX_WEBHOOK_URL_ENV: url})  # fmt: skip
-    sandbox.configure(inbound_webhook_url=url)
-    try:
-        yield url
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
 
 
 def add_names_and_emails(pool, tenant: Tenant) -> None:

@@ -8,37 +8,15 @@ it can inject (duplicates, reordering, dropped deliveries that it retries).
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
 
 import httpx
 import pytest
-from functions_framework import create_app
-from werkzeug.serving import make_server
 
-from common import constants
 from common.consume import ConsumeBudget, run_consumer
 from common.privacy.crypto import lookup_hash, unseal
 from common.runtime import get_runtime
 from tests.factories import make_church, numbers
-from tests.helpers import ROOT, function_client, set_env
-
-
-@pytest.fixture
-def hooks_url(send_env, sandbox, monkeypatch) -> Iterator[str]:
-    app = create_app("webhooks", str(ROOT / "functions" / "webhooks" / "main.py"))
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="webhooks-function", daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_port}/webhooks/telnyx"
-    set_env(monkeypatch, **{constants.TELNYX_PUBLIC_KEY_ENV: sandbox.webhook_public_key,
-                            constants.TELNYX_WEBHOOK_URL_ENV: url})  # fmt: skip
-    sandbox.configure(inbound_webhook_url=url)
-    try:
-        yield url
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
+from tests.helpers import function_client
 
 
 @pytest.fixture
