@@ -44,7 +44,7 @@ from common.runtime import get_runtime
 from infra.embedded import RedisProcess
 from infra.telnyx_sandbox import Sandbox
 from tests.factories import Tenant, make_church, numbers
-from tests.helpers import function_client, rebuild_singletons, set_env
+from tests.helpers import function_client, rebuild_singletons, set_env, wait_for
 
 FINAL = frozenset({"sent", "failed", "suppressed", "expired"})
 FAST_SENDER = 50_000.0  # "sender rate high": the number's own cap never binds
@@ -53,16 +53,6 @@ FAST_SENDER = 50_000.0  # "sender rate high": the number's own cap never binds
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def wait_for(condition: Callable[[], Any], *, timeout_s: float, what: str, poll_s: float = 0.02) -> Any:
-    """Poll ``condition`` until it is truthy (returned) or ``timeout_s`` passes (AssertionError)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
-        time.sleep(poll_s)
 
 
 

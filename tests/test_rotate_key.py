@@ -28,7 +28,7 @@ from common.privacy import crypto, rotation
 from common.privacy.crypto import Keyring, key_id
 from common.privacy.rotation import SEALED_TABLES, RotationBusy, RotationError, key_counts, rotate
 from tests.factories import Tenant, make_church, numbers
-from tests.helpers import ROOT, set_env
+from tests.helpers import ROOT, set_env, wait_for
 
 MEMBERS = numbers(7, area="630")
 SENDER = "+13125550100"
@@ -354,9 +354,9 @@ def test_a_killed_run_continues_where_it_stopped_without_resealing_what_it_did(f
             _wait_for(lines, "rotate-key: re-sealing every value under another key with the current key")
             first = _wait_for(lines, "rotate-key contacts [")
             assert first.endswith(f"] 3/8 ({first_values} values re-sealed)"), first
-            _wait_until(lambda: pool.run(
+            wait_for(lambda: pool.run(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            )[0][0] == 1)  # fmt: skip
+            )[0][0] == 1, timeout_s=20, what="the run to block on the locked row")  # fmt: skip
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
         finally:
@@ -366,9 +366,9 @@ def test_a_killed_run_continues_where_it_stopped_without_resealing_what_it_did(f
             holder.run("ROLLBACK")
     assert proc.returncode == -signal.SIGKILL
     # The killed session's open transaction dies with it on the server.
-    _wait_until(lambda: pool.run(
+    wait_for(lambda: pool.run(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        " AND state <> 'idle'")[0][0] == 0)  # fmt: skip
+        " AND state <> 'idle'")[0][0] == 0, timeout_s=20, what="the killed session to end")  # fmt: skip
 
     id_b = key_id(base64.b64decode(key_b))
     killed = sealed_only(snapshot(pool))
@@ -510,9 +510,3 @@ def _wait_for(lines: queue.Queue[str], prefix: str, timeout: float = 60.0) -> st
             return line
     raise AssertionError(f"no line starting {prefix!r}; output: {seen}")
 
-
-def _wait_until(condition: Any, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
