@@ -72,7 +72,7 @@ from common.analytics.events import emit_to
 from common.analytics.types import Event, EventType
 from common.api_errors import NotFound, Unprocessable
 from common.auth.cache import KeyCache
-from common.billing.usage import BILLED_CHANNELS, UNBILLED_STATUSES
+from common.billing.usage import BILLED_CONDITION_SQL
 from common.db.pool import Connection, Pool
 from common.phones import InvalidPhone, default_region, normalize
 from common.privacy import crypto, suppression
@@ -473,25 +473,12 @@ ORDER BY c.table_name
 """
 
 
-def _billed_condition() -> str:
-    # The rule of common/billing/usage.py, from its own constants (only ever fed those literals).
-    def listed(values: Iterable[str]) -> str:
-        return ", ".join(f"'{v}'" for v in sorted(str(v) for v in values))
-
-    return (
-        f"m.channel IN ({listed(BILLED_CHANNELS)}) AND m.status NOT IN ({listed(UNBILLED_STATUSES)})"
-        " AND NOT (m.status = 'failed' AND m.attempts = 0)"
-    )
-
-
-_BILLED = _billed_condition()
-
 _ARCHIVE_USAGE_SQL = f"""
 INSERT INTO usage_archive (church_id, period_start, channel, messages, segments, billed_messages, billed_segments)
 SELECT m.church_id, CAST(date_trunc('month', m.created_at AT TIME ZONE 'UTC') AS date), m.channel,
        count(*), sum(m.segments),
-       count(*) FILTER (WHERE {_BILLED}),
-       coalesce(sum(m.segments) FILTER (WHERE {_BILLED}), 0)
+       count(*) FILTER (WHERE {BILLED_CONDITION_SQL}),
+       coalesce(sum(m.segments) FILTER (WHERE {BILLED_CONDITION_SQL}), 0)
 FROM messages m
 WHERE m.church_id = CAST(:c AS uuid)
 GROUP BY 1, 2, 3
