@@ -13,13 +13,13 @@ import functools
 import sys
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal, NoReturn
+from typing import Any, Literal, NoReturn
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from common import constants
+from common import aws_secrets, constants
 
 
 class AppEnv(StrEnum):
@@ -128,6 +128,12 @@ class Settings(BaseSettings):
     dlq_alert_growth: int = Field(default=100, ge=1, description="alert when this many arrived in the last hour")
     scheduler_budget_s: float = Field(default=50.0, gt=0, le=900, description="seconds one retry-scheduler run loops")
     wake_queue_url: str | None = Field(default=None, description="SQS queue that wakes queue-consume in the cloud")
+    # Metrics (common/metrics/): Prometheus text on GET /metrics locally, CloudWatch EMF lines on stdout in the cloud
+    metrics_format: Literal["prometheus", "emf", "off"] = Field(
+        default="prometheus",
+        description="prometheus (GET /metrics on every function), emf (CloudWatch embedded metric format on stdout), off",
+    )
+    stage: str = Field(default="local", pattern=r"^[A-Za-z0-9_-]{1,32}$", description="deployment stage: the EMF dimension")
     # Mail through Amazon SES (common/mail/); AWS credentials come from the usual AWS chain, never from here
     mail_from: str | None = Field(
         default=None, pattern=r"^[^<>@\s]+@[^<>@\s]+$|^[^<>]*<[^<>@\s]+@[^<>@\s]+>$",
@@ -242,9 +248,17 @@ class ConfigurationError(Exception):
 
 
 def load_settings() -> Settings:
-    """Read settings now; raise ``ConfigurationError`` with one line per the first bad variable."""
+    """Read settings now; raise ``ConfigurationError`` with one line per the first bad variable.
+
+    A setting named by ``X_SECRET_ARN`` is read from AWS Secrets Manager first (``common/aws_secrets.py``)
+    and then validated like any other."""
     try:
-        return Settings()  # type: ignore[call-arg]  # values come from the environment
+        # Any: the values are text and pydantic converts and validates them, as it does the environment's
+        from_secrets: dict[str, Any] = aws_secrets.read_secret_settings(env_file=Settings.model_config.get("env_file"))
+    except aws_secrets.SecretSettingError as exc:
+        raise ConfigurationError(f"configuration error: {exc}") from None
+    try:
+        return Settings(**from_secrets)  # the rest come from the environment
     except ValidationError as exc:
         first = exc.errors()[0]
         variable = str(first["loc"][0]).upper() if first["loc"] else "?"
@@ -255,6 +269,8 @@ def load_settings() -> Settings:
         else:
             reason = str(first["msg"]).removeprefix("Value error, ")
             message = f"{variable} is invalid: {reason}"
+            if variable.lower() in from_secrets:
+                message += f" (the value came from the secret in {variable}{aws_secrets.ARN_SUFFIX})"
         raise ConfigurationError(f"configuration error: {message} (see .env.example)") from None
 
 

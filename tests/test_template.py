@@ -72,6 +72,7 @@ def _parameter_values() -> dict[str, Any]:
     }
     for name in SECRET_PARAMETERS:
         values[name] = f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:koinonia/{name}-AbCdEf"
+    values["LookupKeySecretArn"] = f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:koinonia/keys-AbCdEf#LOOKUP_KEY"
     return values
 
 
@@ -107,6 +108,10 @@ def _ref_name(value: Any) -> str | None:
         return str(value["Ref"])
     if isinstance(value, dict) and "Fn::If" in value:
         return _ref_name(value["Fn::If"][1])
+    if isinstance(value, dict) and "Fn::Select" in value:  # the ARN of "ARN#FIELD": [0, Split("#", Ref X)]
+        index, (split,) = value["Fn::Select"][0], value["Fn::Select"][1:]
+        assert index == 0 and split["Fn::Split"][0] == "#", value
+        return _ref_name(split["Fn::Split"][1])
     return None
 
 
@@ -281,6 +286,16 @@ def test_every_function_gets_every_required_setting_and_secrets_only_by_arn(tran
                 assert SECRET_PARAMETERS[_ref_name(value)] == name.removesuffix("_SECRET_ARN"), name
 
 
+def test_secret_parameters_take_full_arns_with_an_optional_field(template) -> None:
+    parameters = template["Parameters"]
+    good = f"arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:koinonia/db-AbCdEf"
+    for name in SECRET_PARAMETERS:
+        pattern = re.compile(parameters[name]["AllowedPattern"])
+        assert pattern.fullmatch(good) and pattern.fullmatch(good + "#DATABASE_URL"), name
+        assert not pattern.fullmatch(good.removesuffix("-AbCdEf")), f"{name}: a partial ARN matches no IAM resource"
+        assert not pattern.fullmatch("postgresql://u:p@h/db"), name
+
+
 def test_no_secret_value_or_dynamic_reference_is_inline(translated) -> None:
     assert "{{resolve:" not in (ROOT / "template.yaml").read_text(), "a dynamic reference puts the secret in the configuration"
     for value in _values_but_descriptions(translated["Resources"]):
@@ -317,7 +332,9 @@ def test_each_role_reads_exactly_the_secrets_its_function_names(translated) -> N
         for statement in _statements(_role_of(translated, logical_id)):
             actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
             if "secretsmanager:GetSecretValue" in actions:
-                readable.add(_ref_name(statement["Resource"]["Fn::Sub"][1]["secretArn"]))
+                arn = statement["Resource"]["Fn::Sub"][1]["secretArn"]
+                assert "Fn::Select" in arn, f"{logical_id}: an ARN#FIELD parameter would grant nothing"
+                readable.add(_ref_name(arn))
         assert named == readable, f"{logical_id}: reads {sorted(readable)}, needs {sorted(named)}"
 
 
