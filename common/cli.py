@@ -3,6 +3,8 @@
     koinonia migrate        apply pending SQL migrations (safe to run twice, or twice at once)
     koinonia seed           create the demo church; prints its API key once
     koinonia check          check configuration, PostgreSQL and Redis; exit 1 if anything is wrong
+    koinonia check redis    every Redis command family the queue needs, with latency and a diagnosis per failure
+    koinonia check failover send a real text without Redis (inline) and one through Redis; verify both (``--to``)
     koinonia consume        drain the queue through the carrier (``--forever``: the local worker)
     koinonia dlq            list, replay, purge, archive dead letters (operators)
     koinonia keys           create, list, revoke a church's API keys (operators; a new key is printed once)
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from common import constants
 from common.analytics.cli import register as register_analytics
 from common.auth.cli import register as register_keys
+from common.checks.cli import register as register_checks
 from common.cli_support import positive_int, say
 from common.config import ConfigurationError, load_settings
 from common.db.pool import DatabaseUnavailable, Pool
@@ -226,7 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("migrate", help="apply pending SQL migrations").set_defaults(func=cmd_migrate)
     sub.add_parser("seed", help="create the demo church and print its API key").set_defaults(func=cmd_seed)
-    sub.add_parser("check", help="check configuration, PostgreSQL and Redis").set_defaults(func=cmd_check)
+    check = sub.add_parser("check", help="check configuration, PostgreSQL and Redis (`check redis`, `check failover`: deeper)")
+    check.set_defaults(func=cmd_check)
+    register_checks(check)
     consume = sub.add_parser("consume", help="drain the queue through the carrier (what queue-consume does)")
     consume.add_argument("--forever", action="store_true", help="keep consuming (the local stack's worker)")
     consume.add_argument("--max-messages", type=int, default=100_000)
