@@ -34,6 +34,7 @@ import pg8000.native
 import redis.asyncio
 from pydantic import ConfigDict, Field
 
+from common import metrics
 from common.analytics import Event
 from common.analytics.events import aemit, claim_events, status_events
 from common.carrier import CarrierResult, TelnyxClient
@@ -109,6 +110,9 @@ class _Pending:
     outcome: Outcome
     lease: Lease
     token: str
+    attempt: int = 0  # for the outcome's log line: which attempt, how long the carrier took, whose request
+    latency_ms: int = 0
+    correlation_id: str | None = None
 
 
 @dataclass
@@ -245,11 +249,13 @@ class Consumer:
 
     async def _deliver(self, message: ClaimedMessage, lease: Lease, token: str) -> None:
         try:
+            started = time.monotonic()
             result: CarrierResult = await send_claimed(message, self.carrier, self.mail)
+            latency_ms = int((time.monotonic() - started) * 1000)
             if result.maybe_accepted:
                 self.report.maybe_duplicate += 1
             outcome = decide(message, result, datetime.now(UTC), self.config.policy)
-            self._pending.append(_Pending(outcome, lease, token))
+            self._pending.append(_Pending(outcome, lease, token, message.attempts, latency_ms, message.correlation_id))
             if len(self._pending) >= self.config.flush_max:
                 self._pending_ready.set()
         finally:
@@ -280,6 +286,7 @@ class Consumer:
         for item in batch:
             by_token[item.token].append(item)
         changes: dict[str, str] = {}  # message id -> the status written: the batch's analytics events
+        log_outcomes = logger.isEnabledFor(logging.INFO)
         for token, items in by_token.items():
             written = await self._record(token, [i.outcome for i in items])
             if written is None:  # PostgreSQL stayed down for the whole budget: the leases will expire
@@ -293,6 +300,8 @@ class Consumer:
             for item in items:
                 if claimed is not None:
                     claimed[1].pop(item.outcome.message_id, None)
+                if log_outcomes:
+                    _log_outcome(item, item.outcome.message_id in written)
                 if item.outcome.message_id not in written:
                     self.report.lost_claim += 1
                     acks.append(item.lease)  # the new owner has its own queue entry
@@ -371,6 +380,26 @@ class Consumer:
                 self._claims[token] = (now_m, leases)
 
 
+def _log_outcome(item: _Pending, written: bool) -> None:
+    """One INFO line per delivery outcome, ids only (no number, no text): the message's ``correlation_id`` joins it
+    to the send that accepted it; ``request_id`` (added by the formatter) is this consumer invocation's. A failed
+    message is a dead letter (common/messages/store.py ``record_outcomes``); ``lost_claim``: another consumer
+    took the lease over, and its line is the one that counts."""
+    outcome = item.outcome
+    fields: dict[str, Any] = {
+        "message_id": outcome.message_id, "correlation_id": item.correlation_id,
+        "status": outcome.status if written else "lost_claim", "outcome": outcome.outcome,
+        "attempt": item.attempt, "latency_ms": item.latency_ms,
+    }  # fmt: skip
+    if outcome.provider_message_id:
+        fields["provider_message_id"] = outcome.provider_message_id
+    if outcome.error_code:
+        fields["error_code"] = outcome.error_code
+    if written and outcome.status == "failed":
+        fields["dead_letter"] = True
+    logger.info("delivery outcome", extra={"fields": fields})
+
+
 async def _wait(event: asyncio.Event, timeout_s: float) -> None:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(event.wait(), timeout=max(0.0, timeout_s))
@@ -395,6 +424,9 @@ async def run_consumer(rt: Runtime, budget: ConsumeBudget, *, mailer: Mailer | N
         mail = MailCourier.using(mailer) if mailer is not None else rt.mail(max_concurrency=min(config.concurrency, 32))
         async with rt.carrier(max_connections=config.concurrency) as carrier, mail:
             queue = AsyncMessageQueue(client, settings.redis_key_prefix, queue_config(settings))
-            return await Consumer(rt.pool, queue, carrier, config, mail).run(budget)
+            report = await Consumer(rt.pool, queue, carrier, config, mail).run(budget)
+            logger.info("consumer run", extra={"fields": report.as_dict()})  # request_id: this invocation's
+            return report
     finally:
         await client.aclose()
+        metrics.flush()  # METRICS_FORMAT=emf: the run's counts and carrier latencies as EMF (common/metrics)

@@ -35,8 +35,12 @@ _started_at = datetime.now(UTC)
 _executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="health")
 
 _WAITING = (MessageStatus.scheduled, MessageStatus.queued, MessageStatus.retrying, MessageStatus.sending)
+# Also the queue gauges' query (common/metrics/gauges.py): the last column is how long the most overdue waiting
+# message of each status has been due (NULL: none is due yet).
 PENDING_SQL = """
-SELECT status, count(*), EXTRACT(EPOCH FROM now() - min(created_at))
+SELECT status, count(*), EXTRACT(EPOCH FROM now() - min(created_at)),
+       EXTRACT(EPOCH FROM now() - min(coalesce(next_attempt_at, created_at))
+                            FILTER (WHERE coalesce(next_attempt_at, created_at) <= now()))
 FROM messages
 WHERE status IN ('scheduled', 'queued', 'retrying') OR status = 'sending'
 GROUP BY status
@@ -107,7 +111,7 @@ class HealthChecker:
     def _queues(self) -> dict[str, Any]:
         pending = {str(status): 0 for status in _WAITING}
         oldest_s: float | None = None
-        for status, count, age_s in self.pool.run(PENDING_SQL):
+        for status, count, age_s, _overdue_s in self.pool.run(PENDING_SQL):
             pending[status] = int(count)
             if status != MessageStatus.sending and age_s is not None:
                 oldest_s = max(oldest_s or 0.0, float(age_s))

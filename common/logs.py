@@ -12,7 +12,7 @@ import os
 import sys
 from datetime import UTC, datetime
 
-from common import constants
+from common import constants, log_context
 
 
 class JsonFormatter(logging.Formatter):
@@ -23,6 +23,12 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        # The ids of the request the line was written for (common/log_context.py); outside one, the function.
+        ids = log_context.record_ids(record)
+        if ids is not None:
+            entry.update(ids.log_fields())
+        elif function := os.environ.get("FUNCTION_TARGET"):
+            entry["function"] = function
         extra = getattr(record, "fields", None)
         if isinstance(extra, dict):
             entry.update(extra)
@@ -35,6 +41,7 @@ def configure_logging(level: str | None = None) -> None:
     """JSON logs at ``LOG_LEVEL`` (default INFO); safe to call more than once."""
     root = logging.getLogger()
     root.setLevel(level or os.environ.get(constants.LOG_LEVEL_ENV, "INFO"))
+    log_context.install_record_factory()
     if not any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(JsonFormatter())

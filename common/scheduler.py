@@ -37,6 +37,7 @@ import pg8000.native
 import redis
 from pydantic import ConfigDict, Field
 
+from common import metrics
 from common.analytics import Event, EventType, Processor
 from common.analytics.events import emit, status_events
 from common.db.pool import DatabaseUnavailable
@@ -267,4 +268,7 @@ class SchedulerEvent(SchedulerRequest):
 
 
 def run_scheduler(rt: Runtime, budget_s: float) -> SchedulerReport:
-    return Scheduler(rt).run(budget_s)
+    report = Scheduler(rt).run(budget_s)
+    # With METRICS_FORMAT=emf, once per invocation: QueueDepth, QueueAgeSeconds, DeadLetterBacklog (common/metrics)
+    metrics.record_backlog(rt.pool, rt.settings)
+    return report

@@ -18,6 +18,7 @@ from typing import Any
 import flask
 from werkzeug.exceptions import HTTPException
 
+from common import log_context, metrics
 from common.api_errors import (
     ApiError,
     BadRequest,
@@ -40,6 +41,7 @@ class Reply:
     body: dict[str, Any]
     status: int = 200
     headers: dict[str, str] | None = None
+    text: str | None = None  # answered instead of ``body`` as JSON, typed by headers' Content-Type (GET /metrics)
 
 
 Handler = Callable[..., Reply]
@@ -61,7 +63,14 @@ def route(method: str, path: str, handler: Handler) -> Route:
 def dispatch(request: flask.Request, routes: list[Route]) -> flask.Response:
     # Failed authentication is limited per client address (common/limits/auth_failures.py): every 401
     # counts, and an address over the limit is answered 429 before the handler (and its key lookup) runs.
-    return guard(request, lambda: _answer(request, routes), _error_response)
+    # Every line logged meanwhile carries the request's ids, and the answer its X-Request-Id (common/log_context.py).
+    with log_context.bound(log_context.from_headers(request.headers, _function_name())):
+        return guard(request, lambda: _answer(request, routes), _error_response)
+
+
+def _function_name() -> str | None:
+    """The functions-framework target serving this process (its Flask app is named after it)."""
+    return flask.current_app.name if flask.has_app_context() else None
 
 
 def _error_response(exc: ApiError) -> flask.Response:
@@ -77,6 +86,8 @@ def _answer(request: flask.Request, routes: list[Route]) -> flask.Response:
         logger.error("database unavailable: %s", exc)
         err = ServiceUnavailable("database_unavailable", "the database is unavailable; retry shortly")
         return _respond(Reply(err.body(), err.status, {"Retry-After": "5"}))
+    finally:
+        metrics.flush()  # METRICS_FORMAT=emf: what this invocation counted, as one EMF line (common/metrics)
 
 
 def _dispatch(request: flask.Request, routes: list[Route]) -> Reply:
@@ -209,12 +220,16 @@ def _werkzeug_error(exc: HTTPException) -> flask.Response:
     status = exc.code or 400
     code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(status, "bad_request")
     message = f"{exc.name}: {flask.request.method} {flask.request.path!r}"
-    return _respond(Reply({"error": {"code": code, "message": message}}, status))
+    with log_context.bound(log_context.from_headers(flask.request.headers, _function_name())):
+        return _respond(Reply({"error": {"code": code, "message": message}}, status))
 
 
 def _respond(reply: Reply) -> flask.Response:
-    response = flask.Response(json.dumps(reply.body, default=str), status=reply.status, mimetype="application/json")
+    content = json.dumps(reply.body, default=str) if reply.text is None else reply.text
+    response = flask.Response(content, status=reply.status, mimetype="application/json")
     for name, value in (reply.headers or {}).items():
         response.headers[name] = value
     response.headers.setdefault("Cache-Control", "no-store")
+    if (request_id := log_context.request_id()) is not None:
+        response.headers[log_context.REQUEST_ID_HEADER] = request_id
     return response

@@ -372,6 +372,21 @@ def read_only(function: str, method: str, path: str) -> Case:
     return case
 
 
+def same_for_everyone(function: str, path: str) -> Case:
+    """A public route with no church's data (GET /metrics: counts of the whole system): every caller, with a
+    church's key, another's or none, gets the same answer (but for the queue's age, which moves with the clock)."""
+
+    def case(w: World) -> list[Call]:
+        calls = [call(w, function, "GET", path, headers=headers) for headers in (w.b.auth, w.a.auth, {})]
+        assert all(c.status == 200 for c in calls), [c.status for c in calls]
+        answers = {re.sub(r"(?m)^koinonia_queue_oldest_age_seconds .*$", "", c.response.get_data(as_text=True))
+                   for c in calls}  # fmt: skip
+        assert len(answers) == 1, "the answer depends on the caller"
+        return calls
+
+    return case
+
+
 CASES: dict[RouteKey, Case] = {
     ("send", "POST", "/messages"): send_messages,
     ("send", "GET", "/messages"): list_messages,
@@ -398,6 +413,7 @@ CASES: dict[RouteKey, Case] = {
     **{("health", "GET", p): read_only("health", "GET", p)
        for p in ("/", "/health", "/health/detailed", "/ready", "/alive")},
     **{(f, "GET", "/openapi.json"): read_only(f, "GET", "/openapi.json") for f in FUNCTIONS},
+    **{(f, "GET", "/metrics"): same_for_everyone(f, "/metrics") for f in FUNCTIONS},
 }  # fmt: skip
 
 NOT_CHURCH_SCOPED: dict[RouteKey, str] = {

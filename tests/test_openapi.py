@@ -10,6 +10,7 @@ from openapi_spec_validator import validate
 
 from common import openapi
 from common.consume import ConsumeRequest
+from common.metrics.route import METRICS_PATH
 from common.send.models import SendRequest
 from tests.helpers import ROOT, function_client
 
@@ -25,10 +26,12 @@ def _load(name: str) -> ModuleType:
 
 
 def _routes(module: ModuleType) -> set[tuple[str, str]]:
+    """The routes a document must list: all but GET /metrics (Prometheus text for scrapers, not part of the API:
+    common/metrics/route.py; tests/test_metrics.py checks every function has it)."""
     routes = module.ROUTES
-    if isinstance(routes, dict):  # the health function: path -> check, GET only
-        return {("GET", path) for path in routes}
-    return set(openapi.route_list(routes))
+    # the health function: path -> check, GET only
+    found = {("GET", path) for path in routes} if isinstance(routes, dict) else set(openapi.route_list(routes))
+    return found - {("GET", METRICS_PATH)}
 
 
 def _operations(doc: dict) -> set[tuple[str, str]]:

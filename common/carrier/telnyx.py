@@ -33,11 +33,14 @@ import collections
 import contextlib
 import json
 import ssl
+import time
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpcore
+
+from common import metrics
 
 from .errors import classify_exception, classify_response
 from .transport import AsyncioStream, open_stream
@@ -146,8 +149,11 @@ class TelnyxClient:
         self._in_flight += 1
         if self._in_flight > self._peak_in_flight:
             self._peak_in_flight = self._in_flight
+        started = time.perf_counter()  # after the slot: time waiting for a free connection is ours, not the carrier's
         try:
-            return await self._exchange(slot, body)
+            result = await self._exchange(slot, body)
+            metrics.observe_latency(time.perf_counter() - started, channel="mms" if message.is_mms else "sms")
+            return result
         finally:
             self._in_flight -= 1
             self._release(slot)

@@ -90,6 +90,7 @@ import asyncio
 import logging
 import re
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -113,6 +114,7 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
+from common import metrics
 from common.carrier.errors import Verdict, retry_after_from_headers
 from common.carrier.types import CarrierResult, Outcome
 from common.config import ConfigurationError, Settings
@@ -410,6 +412,7 @@ class SesMailer:
             self._in_flight += 1
             self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
         self._answer.status = None
+        started = time.perf_counter()
         try:
             answer = self._client.send_email(**request)
         except ClientError as exc:
@@ -428,6 +431,7 @@ class SesMailer:
                 return CarrierResult("sent", http_status=status, error_code="bad_response", detail="accepted; answer unreadable")
             raise
         finally:
+            metrics.observe_latency(time.perf_counter() - started, channel="mail")  # every answer or failure
             with self._lock:
                 self._in_flight -= 1
         provider_id = answer.get("MessageId")

@@ -30,7 +30,7 @@ ERASED = "erased"  # what a message list shows as the number of an erased recipi
 _LIST_COLUMNS = """
     id, church_id, broadcast_id, channel, lane, to_enc, from_address, subject_enc, body_enc, segments,
     status, attempts, last_error_code, created_at, sent_at, finalized_at, next_attempt_at, carrier,
-    cost_amount, cost_currency
+    cost_amount, cost_currency, correlation_id
 """
 
 LIST_FIRST_PAGE_SQL = f"""
@@ -104,6 +104,7 @@ class MessageRow:
     carrier: str | None  # the recipient's carrier, from the delivery receipt
     cost_amount: Decimal | None
     cost_currency: str | None
+    correlation_id: str | None = None  # the request that accepted it (common/log_context.py)
 
     @property
     def cursor(self) -> tuple[datetime, UUID]:

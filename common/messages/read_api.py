@@ -36,6 +36,7 @@ def message_json(row: MessageRow) -> dict[str, Any]:
         "next_attempt_at": row.next_attempt_at.isoformat() if row.next_attempt_at else None,
         "carrier": row.carrier,
         "cost": {"amount": str(row.cost_amount), "currency": row.cost_currency} if row.cost_amount is not None else None,
+        "correlation_id": row.correlation_id,  # the X-Request-Id of the request that sent it: quote it to support
     }
 
 

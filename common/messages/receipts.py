@@ -73,12 +73,13 @@ WITH r AS (
     FROM target t JOIN carrier_receipts c ON c.provider_message_id = t.provider_message_id
     WHERE m.id = t.mid AND m.status IN {_RECEIVES} AND {_CURRENT_RANK} < c.rank
       AND m.to_enc IS NOT NULL  -- NULL: a person's data was deleted (common/privacy): nothing comes back
-    RETURNING m.id
+    RETURNING m.id, m.correlation_id
 )
 UPDATE carrier_receipts c SET applied_at = now(), message_id = coalesce(c.message_id, t.mid)
 FROM target t
 WHERE c.provider_message_id = t.provider_message_id
-RETURNING (SELECT count(*) FROM moved), (SELECT array_agg(id::text) FROM moved)
+RETURNING (SELECT count(*) FROM moved), (SELECT array_agg(id::text) FROM moved),
+          (SELECT jsonb_object_agg(id::text, correlation_id) FROM moved)
 """
 
 APPLY_ONE_SQL = _APPLY_TEMPLATE.format(filter="r.provider_message_id = :pid")
@@ -105,7 +106,15 @@ def record(conn: Connection, receipt: Receipt) -> bool:
 
 
 def apply_one(conn: Connection, provider_message_id: str) -> int:
-    return _moved(conn.run(APPLY_ONE_SQL, pid=provider_message_id, limit=1))
+    return len(apply_one_moved(conn, provider_message_id))
+
+
+def apply_one_moved(conn: Connection, provider_message_id: str) -> dict[str, str | None]:
+    """``apply_one``, answering which message moved and its correlation id (the webhook logs them): read from
+    the updated row by the same statement, no other query."""
+    rows = conn.run(APPLY_ONE_SQL, pid=provider_message_id, limit=1)
+    moved = rows[0][2] if rows else None
+    return dict(moved) if isinstance(moved, dict) else {}
 
 
 def apply_for_messages(conn: Connection | Pool, message_ids: Sequence[str]) -> int:

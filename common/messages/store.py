@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from common import metrics
 from common.db.pool import Connection, Pool
 from common.ids import uuid7
 from common.messages import receipts
@@ -71,7 +72,7 @@ UPDATE messages m SET
 FROM decided d
 WHERE m.id = d.id
 RETURNING m.id::text, m.status, m.church_id::text, m.channel, m.lane, m.to_enc, m.from_address, m.subject_enc,
-          m.body_enc, m.media_urls, m.attempts, m.max_attempts, m.deadline_at, m.html_body_enc
+          m.body_enc, m.media_urls, m.attempts, m.max_attempts, m.deadline_at, m.html_body_enc, m.correlation_id
 """
 
 # One statement for a batch of outcomes: update the fenced rows and append their attempt history.
@@ -152,14 +153,14 @@ WHERE id = ANY(CAST(:ids AS uuid[])) AND claim_token = CAST(:token AS uuid) AND 
 INSERT_MESSAGES_SQL = """
 INSERT INTO messages (id, church_id, broadcast_id, channel, lane, purpose, to_enc, to_hash, from_address, subject_enc,
                       body_enc, html_body_enc, media_urls, encoding, segments, status, max_attempts, next_attempt_at,
-                      deadline_at, recipient_tz, last_error_code, finalized_at)
+                      deadline_at, recipient_tz, last_error_code, finalized_at, correlation_id)
 SELECT t.id, CAST(:church_id AS uuid), CAST(:broadcast_id AS uuid), :channel, :lane, :purpose, t.to_enc, t.to_hash,
        :from_address, CAST(:subject AS bytea), CAST(:body AS bytea), CAST(:html AS bytea), CAST(:media_urls AS jsonb),
        :encoding, :segments,
        t.status, :max_attempts,
        CASE WHEN t.status = 'suppressed' THEN NULL ELSE t.next_at END, t.deadline_at, t.tz,
        CASE WHEN t.status = 'suppressed' THEN 'opted_out' END,
-       CASE WHEN t.status = 'suppressed' THEN now() END
+       CASE WHEN t.status = 'suppressed' THEN now() END, CAST(:correlation_id AS text)
 FROM unnest(CAST(:ids AS uuid[]), CAST(:to_enc AS bytea[]), CAST(:to_hash AS bytea[]), CAST(:statuses AS text[]),
             CAST(:next_at AS timestamptz[]), CAST(:deadlines AS timestamptz[]), CAST(:zones AS text[]))
      AS t(id, to_enc, to_hash, status, next_at, deadline_at, tz)
@@ -182,6 +183,7 @@ class ClaimedMessage:
     max_attempts: int
     deadline_at: datetime
     html: str | None = None  # mail's HTML part
+    correlation_id: str | None = None  # the request that accepted it (common/log_context.py); None before 0011
 
 
 @dataclass(frozen=True)
@@ -245,6 +247,7 @@ class NewMessages:
     to_hashes: Sequence[bytes] | None = None
     to_sealed: Sequence[bytes | None] | None = None
     html_body: str | None = None  # mail only, beside ``body`` (its plain-text part)
+    correlation_id: str | None = None  # the accepting request's id (common/log_context.py), on every row
 
 
 def insert_messages(conn: Connection, rows: NewMessages, *, chunk: int = 5000) -> None:
@@ -287,6 +290,7 @@ def insert_messages(conn: Connection, rows: NewMessages, *, chunk: int = 5000) -
             encoding=rows.encoding,
             segments=rows.segments,
             max_attempts=rows.max_attempts,
+            correlation_id=rows.correlation_id,
         )
 
 
@@ -339,6 +343,7 @@ def record_outcomes(pool: Pool, token: str, outcomes: Sequence[Outcome]) -> set[
                 dl_ids=[str(uuid7()) for _ in dead],
                 reasons=[dead_letter_reason(o) for o in dead],
             )
+    metrics.count_outcomes(o.status for o in outcomes if o.message_id in written)  # sent, retried, failed and dead
     return written
 
 
@@ -363,6 +368,7 @@ def _claimed(row: list[Any], ring: crypto.Keyring, texts: dict[bytes, str]) -> C
         to_address="" if row[5] is None else ring.open(row[5], "address"),  # NULL: erased (never claimable)
         from_address=row[6], subject=_text(row[7], ring, texts), body=_text(row[8], ring, texts) or "",
         media_urls=media, attempts=row[10], max_attempts=row[11], deadline_at=row[12], html=_text(row[13], ring, texts),
+        correlation_id=row[14],
     )  # fmt: skip
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from common import log_context
 from common.api_errors import Conflict, ServiceUnavailable, Unprocessable
 from common.compliance.quiet_hours import SendWindow, next_opening, zone
 from common.config import get_settings
@@ -248,6 +249,10 @@ def accept_in(
         broadcast_id, request, text, recipients, ids, statuses, invalid, duplicates,
         mode="scheduled" if first_attempt > at else "queued",
     )  # fmt: skip
+    # The id of the request accepting this (common/log_context.py) is every row's correlation id; the answer says
+    # it (stored with it, so a replay names the request that sent the messages).
+    correlation_id = log_context.request_id()
+    response["correlation_id"] = correlation_id
     if held:
         response["quiet_hours"] = {
             "held": held,
@@ -274,6 +279,7 @@ def accept_in(
             encoding=None if mail else text.encoding, segments=text.segments, max_attempts=request.max_attempts,
             ids=ids, to_addresses=recipients, statuses=statuses, next_attempt_at=due,
             deadline_at=[d + deadline for d in due], recipient_tz=zones, to_hashes=hashes, to_sealed=sealed,
+            correlation_id=correlation_id,
         ),
     )  # fmt: skip
     queued = [i for i, s in zip(ids, statuses, strict=True) if s == "queued"]

@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 
+from common import metrics
 from common.analytics import Event, emit
 from common.analytics.events import status_events
 from common.limits.sends import send_limits
@@ -30,15 +31,35 @@ def submit(rt: Runtime, church_id: str, request: SendRequest, payload: Any, idem
         media_check=lambda urls: check_media_with_settings(urls, rt.settings),  # an MMS's media: 422 or warnings
     )  # fmt: skip
     if accepted.replayed:
+        _log_accepted(church_id, accepted.response, "replayed")
         return Reply(accepted.response, 202, {"Idempotent-Replayed": "true"})
     emit(rt, [Event.broadcast(accepted.broadcast_id)])  # analytics (common/analytics): best effort, never raises
+    metrics.count_accepted(accepted)  # MessagesAccepted (common/metrics)
     if rt.settings.enable_queues and _enqueue(rt, accepted):
+        _log_accepted(church_id, accepted.response, accepted.response["mode"])
         return Reply(accepted.response, 202)
     if not accepted.queued_ids:
         # Scheduled sends (send_at, or held for quiet hours) wait in PostgreSQL (status 'scheduled',
         # next_attempt_at = when): the retry-scheduler releases them when due, with or without Redis.
+        _log_accepted(church_id, accepted.response, accepted.response["mode"])
         return Reply(accepted.response, 202)
-    return Reply(_send_inline(rt, accepted), 202)
+    response = _send_inline(rt, accepted)
+    _log_accepted(church_id, response, "inline")
+    return Reply(response, 202)
+
+
+def _log_accepted(church_id: str, response: dict[str, Any], mode: str) -> None:
+    """One line per accepted request, with ids and counts only (never a number or a text). ``request_id`` is
+    added by the formatter; ``correlation_id`` is what the messages carry (a replay's: the first request's)."""
+    counts = response.get("counts") or {}
+    logger.info(
+        "send accepted",
+        extra={"fields": {
+            "correlation_id": response.get("correlation_id"), "church_id": church_id,
+            "broadcast_id": response.get("broadcast_id"), "channel": response.get("channel"), "mode": mode,
+            "messages": counts.get("accepted", 0) + counts.get("suppressed", 0), "suppressed": counts.get("suppressed", 0),
+        }},
+    )  # fmt: skip
 
 
 def enqueue_accepted(rt: Runtime, accepted: Accepted) -> bool:

@@ -19,7 +19,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from common import analytics
+from common import analytics, metrics
 from common.api_errors import ApiError, PayloadTooLarge
 from common.conversations.inbound import InboundResult, record_inbound
 from common.db.pool import Connection
@@ -58,6 +58,8 @@ def handle(rt: Runtime, headers: Mapping[str, str], body: bytes) -> Reply:
         return Reply({"result": "ignored"})
     result = _apply(rt, event)
     analytics.emit(rt, _changed(event, result))
+    if isinstance(result, InboundResult) and result.reply is not None:
+        metrics.count_accepted(result.reply)  # a keyword reply's message: MessagesAccepted, as a send's
     if isinstance(result, InboundResult) and result.reply is not None and not enqueue_accepted(rt, result.reply):
         logger.info("keyword reply left for the retry-scheduler (queues off or Redis down)")
     return Reply({"result": "applied" if result is not None else "duplicate", "event_id": event.event_id})
@@ -70,18 +72,35 @@ def _apply(rt: Runtime, event: Event) -> InboundResult | bool | None:
             return None
         if isinstance(event, Receipt):
             receipts.lock_message(conn, event.message_id)
-            # True: the receipt moved its message forward now (False: older news, or its message not ready yet).
-            return receipts.record(conn, event) and receipts.apply_one(conn, event.provider_message_id) > 0
-        if isinstance(event, Inbound):
+            # The message the receipt moved forward now, with its correlation id (none: older news, or its
+            # message not ready yet).
+            recorded = receipts.record(conn, event)  # news: the carrier says more than before (so: once per state)
+            moved = receipts.apply_one_moved(conn, event.provider_message_id) if recorded else {}
+        elif isinstance(event, Inbound):
             inbound = record_inbound(conn, event, new_id=uuid7)
+            # Ids only: the member's number and text stay out of logs. A keyword reply's correlation id is this
+            # webhook's request id (common/log_context.py).
             logger.info(
                 "inbound text",
-                extra={"fields": {"known_number": inbound.church_id is not None, "keyword": inbound.kind,
-                                  "flagged": inbound.flagged, "changed": inbound.changed}},
+                extra={"fields": {"event_id": event.event_id, "provider_message_id": event.provider_message_id,
+                                  "known_number": inbound.church_id is not None, "church_id": inbound.church_id,
+                                  "conversation_id": inbound.conversation_id, "text_id": inbound.text_id,
+                                  "keyword": inbound.kind, "flagged": inbound.flagged, "changed": inbound.changed,
+                                  "reply_broadcast_id": inbound.reply.broadcast_id if inbound.reply else None}},
             )  # fmt: skip
             return inbound
-        assert isinstance(event, Other)
-        return True
+        else:
+            assert isinstance(event, Other)
+            return True
+    if recorded:
+        metrics.count_receipt(event.status)  # after COMMIT: MessagesDelivered, MessagesFailed (common/metrics)
+    for message_id, correlation_id in moved.items():  # after COMMIT: only what really changed
+        logger.info(
+            "delivery receipt applied",
+            extra={"fields": {"message_id": message_id, "correlation_id": correlation_id, "status": str(event.status),
+                              "provider_message_id": event.provider_message_id, "event_id": event.event_id}},
+        )  # fmt: skip
+    return bool(moved)
 
 
 def _first_delivery(conn: Connection, event: Event) -> bool:

@@ -20,6 +20,7 @@ from common.config import get_settings
 from common.dead_letters import api
 from common.dead_letters.access import Scope, authorize
 from common.logs import configure_logging
+from common.metrics.route import metrics_route
 from common.openapi import openapi_route
 from common.request_models import parse_model
 from common.runtime import get_runtime
@@ -70,6 +71,8 @@ ROUTES = [
     route("POST", "/events", tick),
 ]
 ROUTES.append(openapi_route("dlq-drain", ROUTES))
+# GET /metrics (common/metrics): read by scrapers, not clients; a new list, so it stays out of the document above
+ROUTES = [*ROUTES, metrics_route()]
 
 
 @functions_framework.http

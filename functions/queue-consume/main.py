@@ -15,6 +15,7 @@ import functions_framework
 from common.config import get_settings
 from common.consume import ConsumeEvent, ConsumeRequest, run_consumer
 from common.logs import configure_logging
+from common.metrics.route import metrics_route
 from common.openapi import openapi_route
 from common.request_models import parse_model
 from common.runtime import get_runtime
@@ -38,6 +39,8 @@ def consume(request: flask.Request) -> Reply:
 
 ROUTES = [route("POST", "/", consume), route("POST", "/events", consume)]
 ROUTES.append(openapi_route("queue-consume", ROUTES))
+# GET /metrics (common/metrics): read by scrapers, not clients; a new list, so it stays out of the document above
+ROUTES = [*ROUTES, metrics_route()]
 
 
 @functions_framework.http

@@ -9,6 +9,7 @@ import functions_framework
 
 from common.config import get_settings
 from common.logs import configure_logging
+from common.metrics.route import metrics_route
 from common.openapi import openapi_route
 from common.request_models import parse_model
 from common.runtime import get_runtime
@@ -31,6 +32,8 @@ def tick(request: flask.Request) -> Reply:
 
 ROUTES = [route("POST", "/", tick), route("POST", "/events", tick)]
 ROUTES.append(openapi_route("retry-scheduler", ROUTES))
+# GET /metrics (common/metrics): read by scrapers, not clients; a new list, so it stays out of the document above
+ROUTES = [*ROUTES, metrics_route()]
 
 
 @functions_framework.http

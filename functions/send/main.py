@@ -14,6 +14,7 @@ from common.config import get_settings
 from common.conversations import read_api as conversations_api
 from common.logs import configure_logging
 from common.messages import read_api
+from common.metrics.route import metrics_route
 from common.openapi import openapi_route
 from common.privacy import api as privacy_api
 from common.runtime import get_runtime
@@ -104,6 +105,8 @@ ROUTES = [
     route("GET", "/churches/{church_id}/audit", keys_api.church_audit),
 ]
 ROUTES.append(openapi_route("send", ROUTES))
+# GET /metrics (common/metrics): read by scrapers, not clients; a new list, so it stays out of the document above
+ROUTES = [*ROUTES, metrics_route()]
 
 
 @functions_framework.http

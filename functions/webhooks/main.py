@@ -11,6 +11,7 @@ import functions_framework
 
 from common.config import get_settings
 from common.logs import configure_logging
+from common.metrics.route import metrics_route
 from common.openapi import openapi_route
 from common.runtime import get_runtime
 from common.web import Reply, dispatch, json_http_errors, route
@@ -28,6 +29,8 @@ def telnyx_event(request: flask.Request) -> Reply:
 
 ROUTES = [route("POST", "/webhooks/telnyx", telnyx_event)]
 ROUTES.append(openapi_route("webhooks", ROUTES))
+# GET /metrics (common/metrics): read by scrapers, not clients; a new list, so it stays out of the document above
+ROUTES = [*ROUTES, metrics_route()]
 
 
 @functions_framework.http
