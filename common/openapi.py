@@ -120,6 +120,7 @@ _LIMIT = Param("limit", schema={"type": "integer", "minimum": 1, "maximum": max_
 _CURSOR = Param("cursor", description="next_cursor from the previous page")
 _PAGES: Errors = {400: ("invalid_limit", "invalid_cursor")}
 _SPEC = Operation("this function's OpenAPI document", auth=False, database=False)
+_ALIVE = Operation("the process answers (no dependency checked; the adapter's readiness path)", auth=False, database=False)
 _HEALTH = {503: "unhealthy or not ready: the body says which check failed"}
 _SEND_422 = (
     "invalid_idempotency_key", "text_too_long", "invalid_recipients", "no_recipients", "recipients_opted_out",
@@ -232,6 +233,7 @@ OPERATIONS: dict[str, dict[tuple[str, str], Operation]] = {
         **_ANALYTICS_OPERATIONS,
         **_KEYS_OPERATIONS,
         ("GET", "/openapi.json"): _SPEC,
+        ("GET", "/alive"): _ALIVE,
     },
     "dlq-drain": {
         ("GET", "/dead-letters"): Operation(
@@ -256,6 +258,7 @@ OPERATIONS: dict[str, dict[tuple[str, str], Operation]] = {
             "the scheduler's tick: archive past retention, then alert", body=TickEvent, body_required=False, auth=False
         ),
         ("GET", "/openapi.json"): _SPEC,
+        ("GET", "/alive"): _ALIVE,
     },
     "queue-consume": {
         ("POST", "/"): Operation("drain the queue for one budget", body=ConsumeRequest, body_required=False, auth=False),
@@ -263,11 +266,13 @@ OPERATIONS: dict[str, dict[tuple[str, str], Operation]] = {
             "an SQS wake-up or a scheduler event: drain for one budget", body=ConsumeEvent, body_required=False, auth=False
         ),
         ("GET", "/openapi.json"): _SPEC,
+        ("GET", "/alive"): _ALIVE,
     },
     "retry-scheduler": {
         ("POST", "/"): Operation("one scheduler run", body=SchedulerRequest, body_required=False, auth=False),
         ("POST", "/events"): Operation("the scheduler's tick", body=SchedulerEvent, body_required=False, auth=False),
         ("GET", "/openapi.json"): _SPEC,
+        ("GET", "/alive"): _ALIVE,
     },
     "webhooks": {
         ("POST", "/webhooks/telnyx"): Operation(
@@ -288,12 +293,13 @@ OPERATIONS: dict[str, dict[tuple[str, str], Operation]] = {
             description="The body is checked against the signature before it is read; nothing is stored for a refused one.",
         ),
         ("GET", "/openapi.json"): _SPEC,
+        ("GET", "/alive"): _ALIVE,
     },
     "health": {
         ("GET", "/health"): Operation("liveness and dependencies, under one deadline", auth=False, responses=_HEALTH),
         ("GET", "/health/detailed"): Operation("every check with its timing", auth=False, responses=_HEALTH),
         ("GET", "/ready"): Operation("ready to take traffic", auth=False, responses=_HEALTH),
-        ("GET", "/alive"): Operation("the process answers (no dependency checked)", auth=False, database=False),
+        ("GET", "/alive"): _ALIVE,
         ("GET", "/"): Operation("as /health", auth=False, responses=_HEALTH),
         ("GET", "/openapi.json"): _SPEC,
     },

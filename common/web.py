@@ -60,6 +60,18 @@ def route(method: str, path: str, handler: Handler) -> Route:
     return Route(method, re.compile(f"^{regex}/?$"), handler)
 
 
+ALIVE_PATH = "/alive"
+
+
+def alive_route() -> Route:
+    """``GET /alive`` on every function: 200 once the process serves, touching nothing (no database, no Redis).
+
+    The Lambda Web Adapter's readiness check (``AWS_LWA_READINESS_CHECK_PATH`` in infra/Dockerfile and
+    template.yaml) polls it before the first invocation; the health function's ``/alive`` answers the same.
+    """
+    return route("GET", ALIVE_PATH, lambda _request: Reply({"status": "alive"}))
+
+
 def dispatch(request: flask.Request, routes: list[Route]) -> flask.Response:
     # Failed authentication is limited per client address (common/limits/auth_failures.py): every 401
     # counts, and an address over the limit is answered 429 before the handler (and its key lookup) runs.

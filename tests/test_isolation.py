@@ -413,6 +413,7 @@ CASES: dict[RouteKey, Case] = {
     **{("health", "GET", p): read_only("health", "GET", p)
        for p in ("/", "/health", "/health/detailed", "/ready", "/alive")},
     **{(f, "GET", "/openapi.json"): read_only(f, "GET", "/openapi.json") for f in FUNCTIONS},
+    **{(f, "GET", "/alive"): same_for_everyone(f, "/alive") for f in FUNCTIONS if f != "health"},
     **{(f, "GET", "/metrics"): same_for_everyone(f, "/metrics") for f in FUNCTIONS},
 }  # fmt: skip
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
+import socket
+import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
@@ -24,7 +27,7 @@ from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 
 from common.config import Settings
-from tests.helpers import ROOT
+from tests.helpers import ROOT, wait_for
 
 ACCOUNT = "111111111111"
 SECRET_PARAMETERS = {
@@ -201,7 +204,9 @@ def _public_routes(translated: dict[str, Any]) -> dict[str, set[tuple[str, str]]
 def test_public_routes_are_exactly_the_code_routes_less_the_private_ones(env, translated) -> None:
     public = _public_routes(translated)
     for name in ("send", "dlq-drain", "health", "webhooks"):
-        served = {(m, p) for m, p in _load_routes(name) if p not in PRIVATE_PATHS}
+        # /alive: every function's readiness path for the adapter; public only as the health function's
+        private = PRIVATE_PATHS if name == "health" else PRIVATE_PATHS | {"/alive"}
+        served = {(m, p) for m, p in _load_routes(name) if p not in private}
         assert public.get(name) == served, f"{name}: template routes differ from the code's"
     assert set(public) == {"send", "dlq-drain", "health", "webhooks"}, "queue-consume and retry-scheduler stay private"
     every_path = {p for routes in public.values() for _, p in routes}
@@ -414,3 +419,57 @@ def test_readiness_and_event_paths_agree_between_image_and_template(template) ->
     for name in ("AWS_LWA_READINESS_CHECK_PATH", "AWS_LWA_PASS_THROUGH_PATH", "PORT", "AWS_LWA_PORT"):
         assert re.search(rf"\b{name}={re.escape(str(variables[name]))}\b", text), name
     assert variables["AWS_LWA_PASS_THROUGH_PATH"] == "/events"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _literal_variables(template: dict[str, Any], logical_id: str) -> dict[str, str]:
+    """The environment the template gives a function, less what CloudFormation resolves (refs, secrets' ARNs)."""
+    merged = {**template["Globals"]["Function"]["Environment"]["Variables"]}
+    merged.update(template["Resources"][logical_id]["Properties"].get("Environment", {}).get("Variables", {}))
+    return {k: str(v) for k, v in merged.items() if isinstance(v, str | int | float) and not k.endswith("_SECRET_ARN")}
+
+
+def test_every_image_command_starts_and_answers_the_readiness_path(env, translated, template) -> None:
+    """What the adapter does at a cold start, for each function: run its ImageConfig.Command from the image's
+    working directory with the template's environment (secrets given directly, as Secrets Manager would) and
+    poll AWS_LWA_READINESS_CHECK_PATH until it answers 200."""
+    readiness = template["Globals"]["Function"]["Environment"]["Variables"]["AWS_LWA_READINESS_CHECK_PATH"]
+    bin_dir = Path(sys.executable).parent
+    started: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    try:
+        for logical_id, function in _of_type(translated, "AWS::Lambda::Function").items():
+            port = _free_port()
+            child_env = {**os.environ, **_literal_variables(template, logical_id), "PORT": str(port), "STAGE": "test"}
+            command = function["Properties"]["ImageConfig"]["Command"]
+            process = subprocess.Popen(
+                [str(bin_dir / command[0]), *command[1:]], cwd=ROOT, env=child_env,
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            started[logical_id] = (process, port)
+
+        def ready(logical_id: str) -> bool:
+            process, port = started[logical_id]
+            assert process.poll() is None, f"{logical_id} exited: {process.stderr.read().decode()[-2000:]}"  # type: ignore[union-attr]
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                    sock.sendall(f"GET {readiness} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+                    return sock.recv(64).startswith(b"HTTP/1.0 200") or False
+            except OSError:
+                return False
+
+        for logical_id in started:
+            wait_for(lambda lid=logical_id: ready(lid), timeout_s=60, what=f"{logical_id} ready on {readiness}", poll_s=0.1)
+    finally:
+        for process, _ in started.values():
+            process.terminate()
+        for process, _ in started.values():
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

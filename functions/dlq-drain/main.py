@@ -24,7 +24,7 @@ from common.metrics.route import metrics_route
 from common.openapi import openapi_route
 from common.request_models import parse_model
 from common.runtime import get_runtime
-from common.web import Reply, dispatch, json_body, json_http_errors, route
+from common.web import Reply, alive_route, dispatch, json_body, json_http_errors, route
 
 configure_logging()
 json_http_errors()  # Flask's own 404/405 in our JSON shape
@@ -70,6 +70,7 @@ ROUTES = [
     route("POST", "/dead-letters/archive", archive),
     route("POST", "/events", tick),
 ]
+ROUTES.append(alive_route())  # the Lambda Web Adapter's readiness check (common/web.py)
 ROUTES.append(openapi_route("dlq-drain", ROUTES))
 # GET /metrics (common/metrics): read by scrapers, not clients; a new list, so it stays out of the document above
 ROUTES = [*ROUTES, metrics_route()]

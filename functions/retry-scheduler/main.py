@@ -14,7 +14,7 @@ from common.openapi import openapi_route
 from common.request_models import parse_model
 from common.runtime import get_runtime
 from common.scheduler import SchedulerEvent, SchedulerRequest, run_scheduler
-from common.web import Reply, dispatch, json_body, json_http_errors, route
+from common.web import Reply, alive_route, dispatch, json_body, json_http_errors, route
 
 configure_logging()
 json_http_errors()  # Flask's own 404/405 in our JSON shape
@@ -31,6 +31,7 @@ def tick(request: flask.Request) -> Reply:
 
 
 ROUTES = [route("POST", "/", tick), route("POST", "/events", tick)]
+ROUTES.append(alive_route())  # the Lambda Web Adapter's readiness check (common/web.py)
 ROUTES.append(openapi_route("retry-scheduler", ROUTES))
 # GET /metrics (common/metrics): read by scrapers, not clients; a new list, so it stays out of the document above
 ROUTES = [*ROUTES, metrics_route()]

@@ -20,7 +20,7 @@ from common.privacy import api as privacy_api
 from common.runtime import get_runtime
 from common.send.models import parse_send_request
 from common.send.submit import submit
-from common.web import Reply, dispatch, json_body, json_http_errors, route
+from common.web import Reply, alive_route, dispatch, json_body, json_http_errors, route
 
 configure_logging()
 json_http_errors()  # Flask's own 404/405 in our JSON shape
@@ -104,6 +104,7 @@ ROUTES = [
     route("DELETE", "/churches/{church_id}/keys/{key_id}", keys_api.revoke_church_key),
     route("GET", "/churches/{church_id}/audit", keys_api.church_audit),
 ]
+ROUTES.append(alive_route())  # the Lambda Web Adapter's readiness check (common/web.py)
 ROUTES.append(openapi_route("send", ROUTES))
 # GET /metrics (common/metrics): read by scrapers, not clients; a new list, so it stays out of the document above
 ROUTES = [*ROUTES, metrics_route()]

@@ -14,7 +14,7 @@ from common.logs import configure_logging
 from common.metrics.route import metrics_route
 from common.openapi import openapi_route
 from common.runtime import get_runtime
-from common.web import Reply, dispatch, json_http_errors, route
+from common.web import Reply, alive_route, dispatch, json_http_errors, route
 from common.webhooks.handler import handle, max_webhook_bytes
 
 configure_logging()
@@ -28,6 +28,7 @@ def telnyx_event(request: flask.Request) -> Reply:
 
 
 ROUTES = [route("POST", "/webhooks/telnyx", telnyx_event)]
+ROUTES.append(alive_route())  # the Lambda Web Adapter's readiness check (common/web.py)
 ROUTES.append(openapi_route("webhooks", ROUTES))
 # GET /metrics (common/metrics): read by scrapers, not clients; a new list, so it stays out of the document above
 ROUTES = [*ROUTES, metrics_route()]
