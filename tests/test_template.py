@@ -27,6 +27,7 @@ from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 
 from common.config import Settings
+from common.metrics.catalog import CATALOG, NAMESPACE, Metric
 from tests.helpers import ROOT, wait_for
 
 ACCOUNT = "111111111111"
@@ -373,11 +374,12 @@ def test_alarms_watch_dead_letters_queue_age_and_error_rates(translated) -> None
     for logical_id, alarm in alarms.items():
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": "AlarmTopic"}], logical_id
     own = {
-        a["Properties"]["MetricName"]: a["Properties"] for a in alarms.values() if a["Properties"].get("Namespace") == "Koinonia"
+        a["Properties"]["MetricName"]: a["Properties"] for a in alarms.values() if a["Properties"].get("Namespace") == NAMESPACE
     }
-    assert set(own) == {"MessagesDead", "DeadLetterBacklog", "QueueAgeSeconds"}
-    for props in own.values():
-        assert props["Dimensions"] == [{"Name": "Stage", "Value": {"Ref": "Stage"}}]
+    assert set(own) == {Metric.dead, Metric.dead_letter_backlog, Metric.queue_age}, "alarms on metrics the code emits"
+    for name, props in own.items():
+        assert props["Dimensions"] == [{"Name": "Stage", "Value": {"Ref": "Stage"}}], "the EMF dimension set is [[Stage]]"
+        assert props["Statistic"] == ("Sum" if CATALOG[Metric(name)].kind == "counter" else "Maximum"), name
     assert own["QueueAgeSeconds"]["TreatMissingData"] == "breaching", "a silent scheduler must alarm"
     watched = set()
     for alarm in alarms.values():
