@@ -104,6 +104,15 @@ def cmd_consume(args: argparse.Namespace) -> int:
     from common.runtime import get_runtime
 
     configure_logging()
+    if args.metrics_port is not None:  # the local worker's counts and carrier latencies, scrapeable
+        from common.metrics.server import MetricsServerError, start_metrics_server
+
+        try:
+            served = start_metrics_server(args.metrics_host, args.metrics_port)
+        except MetricsServerError as exc:
+            print(f"consume: {exc}", file=sys.stderr, flush=True)
+            return 2
+        _say(f"consume: metrics on {served.url}")
     rt = get_runtime()
     budget = ConsumeBudget(max_messages=args.max_messages, max_seconds=args.max_seconds, stop_when_idle=not args.forever)
     while True:
@@ -236,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--forever", action="store_true", help="keep consuming (the local stack's worker)")
     consume.add_argument("--max-messages", type=int, default=100_000)
     consume.add_argument("--max-seconds", type=float, default=50.0, help="budget of one round")
+    consume.add_argument("--metrics-port", type=int, help="serve GET /metrics (Prometheus text) on this port (0: any free one)")
+    consume.add_argument("--metrics-host", default="127.0.0.1", help="address --metrics-port listens on (default 127.0.0.1)")
     consume.set_defaults(func=cmd_consume)
     register_dlq(sub)
     register_keys(sub)

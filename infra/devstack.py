@@ -11,7 +11,8 @@ What it runs, in order:
    configured; the children get its URL, ``MAIL_FROM`` (``church@koinonia.local`` unless configured) and
    fake AWS credentials, and the From address is verified in it at every start (moto keeps nothing).
 5. Every ``functions/<name>/main.py`` under functions-framework, each in its own process on its own
-   port (``health`` on base+1), logging to ``<home>/logs/<name>.log``.
+   port (``health`` on base+1), logging to ``<home>/logs/<name>.log``; then the continuous consumer
+   (``koinonia consume --forever``), its ``GET /metrics`` on base+89 (with ``METRICS_FORMAT=prometheus``).
 6. A scheduler thread that POSTs to the scheduled functions as the cloud scheduler would.
 
 moto runs as a child process like the sandbox rather than as moto's ``ThreadedMotoServer`` inside this
@@ -72,10 +73,13 @@ SCHEDULER_SOURCE = "koinonia.dev-scheduler"
 SCHEDULE_PATH = "/events"
 
 # Port layout: sandbox on base, these functions on base+1, base+2, ... (so health is always base+1), the
-# local SES (moto) after them on base+7, any other function after that in name order, embedded Redis on base+90.
+# local SES (moto) after them on base+7, any other function after that in name order, the consumer's metrics
+# on base+89 and embedded Redis on base+90 (fixed, far above the functions, so a new function never moves them).
 FUNCTION_ORDER: tuple[str, ...] = ("health", "send", "queue-consume", "retry-scheduler", "dlq-drain", "webhooks")
 SES_PORT_OFFSET = len(FUNCTION_ORDER) + 1
+CONSUMER_METRICS_PORT_OFFSET = 89
 REDIS_PORT_OFFSET = 90
+METRICS_FORMAT_ENV = "METRICS_FORMAT"
 DEV_MAIL_FROM = "church@koinonia.local"
 # The children's AWS credentials when moto is ours: fake, so nothing a developer has configured reaches AWS.
 FAKE_AWS_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_SESSION_TOKEN": "testing"}
@@ -364,6 +368,7 @@ class DevStack:
         self.demo: DemoChurch | None = None
         self.ports: dict[str, int] = {}
         self.sandbox_signing_key: str | None = None
+        self.consumer_metrics_port: int | None = None  # None: METRICS_FORMAT is not prometheus, nothing to serve
 
     # -- start ---------------------------------------------------------------------------------
 
@@ -389,6 +394,9 @@ class DevStack:
             _require_free(self.base_port + REDIS_PORT_OFFSET, "the embedded redis-server")
         if not configured.get(constants.SES_ENDPOINT_URL_ENV):
             _require_free(self.base_port + SES_PORT_OFFSET, "the local SES (moto)")
+        if (configured.get(METRICS_FORMAT_ENV) or "prometheus") == "prometheus":
+            self.consumer_metrics_port = self.base_port + CONSUMER_METRICS_PORT_OFFSET
+            _require_free(self.consumer_metrics_port, "the consumer's metrics")
         self._settings(configured)
         self._checkpoint()
         self._database()
@@ -637,12 +645,17 @@ class DevStack:
         log_path = self.logs / "consumer.log"
         log_file = log_path.open("wb")
         command = [sys.executable, "-m", "common.cli", "consume", "--forever"]
+        metrics = ""  # its sent/failed counts and carrier latencies, scrapeable like the functions'
+        if self.consumer_metrics_port is not None:
+            command += ["--metrics-port", str(self.consumer_metrics_port)]
+            metrics = f"http://127.0.0.1:{self.consumer_metrics_port}/metrics"
         process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=self._child_env(),
             start_new_session=True,
         )  # fmt: skip
-        self.functions.append(Child("consumer", process, log_path, "(continuous queue-consume worker)", log_file))
-        _say(f"consumer: running continuously (log {log_path})")
+        shown = f"{metrics}  (continuous queue-consume worker)".lstrip()
+        self.functions.append(Child("consumer", process, log_path, shown, log_file))
+        _say(f"consumer: running continuously (log {log_path})" + (f"; metrics on {metrics}" if metrics else ""))
 
     def _wait_for_functions(self) -> None:
         pending = list(self.functions)

@@ -32,6 +32,7 @@ import pytest
 from common import constants
 from common.mail import sent_mail
 from infra.devstack import (
+    CONSUMER_METRICS_PORT_OFFSET,
     READY_LINE,
     REDIS_PORT_OFFSET,
     SCHEDULE_SCALE_ENV,
@@ -76,7 +77,7 @@ def _free_base_port() -> int:
     rng = random.Random()
     for _ in range(200):
         base = rng.randrange(20000, 29000)
-        wanted = [base, *range(base + 1, base + 12), base + REDIS_PORT_OFFSET]
+        wanted = [base, *range(base + 1, base + 12), base + CONSUMER_METRICS_PORT_OFFSET, base + REDIS_PORT_OFFSET]
         if all(port_is_free(port) for port in wanted):
             return base
     raise AssertionError("no free port range found")
