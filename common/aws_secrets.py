@@ -38,12 +38,13 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING
 
 from dotenv import dotenv_values
 
 if TYPE_CHECKING:
     from botocore.exceptions import ClientError
+    from mypy_boto3_secretsmanager import SecretsManagerClient
 
 __all__ = [
     "ARN_SUFFIX",
@@ -98,12 +99,6 @@ class SecretReference:
     @property
     def arn_variable(self) -> str:
         return self.variable + ARN_SUFFIX
-
-
-class _SecretsClient(Protocol):
-    """The one call we make, as boto3's Secrets Manager client offers it."""
-
-    def get_secret_value(self, *, SecretId: str) -> Mapping[str, Any]: ...
 
 
 def clear_cache() -> None:
@@ -240,7 +235,7 @@ def _fetch(secret_id: str, users: Sequence[SecretReference]) -> str:
         retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
     )
     try:
-        client = cast(_SecretsClient, session.client("secretsmanager", region_name=region, config=config))
+        client: SecretsManagerClient = session.client("secretsmanager", region_name=region, config=config)
         answer = client.get_secret_value(SecretId=secret_id)
     except ClientError as exc:
         raise SecretSettingError(_client_error_line(exc, what, region)) from None

@@ -43,6 +43,7 @@ from common.dead_letters.counters import counter_key
 from common.delivery import MailCourier, Mailer, decide, send_claimed
 from common.messages import store
 from common.messages.store import ClaimedMessage, Outcome
+from common.outcome_log import log_outcome
 from common.queue import AsyncMessageQueue, Lease
 from common.request_models import StrictModel
 from common.retry_policy import RetryPolicy, default_policy
@@ -286,7 +287,6 @@ class Consumer:
         for item in batch:
             by_token[item.token].append(item)
         changes: dict[str, str] = {}  # message id -> the status written: the batch's analytics events
-        log_outcomes = logger.isEnabledFor(logging.INFO)
         for token, items in by_token.items():
             written = await self._record(token, [i.outcome for i in items])
             if written is None:  # PostgreSQL stayed down for the whole budget: the leases will expire
@@ -300,8 +300,8 @@ class Consumer:
             for item in items:
                 if claimed is not None:
                     claimed[1].pop(item.outcome.message_id, None)
-                if log_outcomes:
-                    _log_outcome(item, item.outcome.message_id in written)
+                log_outcome(logger, item.outcome, written=item.outcome.message_id in written, attempt=item.attempt,
+                            latency_ms=item.latency_ms, correlation_id=item.correlation_id, mode="queued")  # fmt: skip
                 if item.outcome.message_id not in written:
                     self.report.lost_claim += 1
                     acks.append(item.lease)  # the new owner has its own queue entry
@@ -378,26 +378,6 @@ class Consumer:
                     continue
                 await self._redis_quietly(self.queue.renew(list(leases.values()), self._redis_lease_ms), "renew")
                 self._claims[token] = (now_m, leases)
-
-
-def _log_outcome(item: _Pending, written: bool) -> None:
-    """One INFO line per delivery outcome, ids only (no number, no text): the message's ``correlation_id`` joins it
-    to the send that accepted it; ``request_id`` (added by the formatter) is this consumer invocation's. A failed
-    message is a dead letter (common/messages/store.py ``record_outcomes``); ``lost_claim``: another consumer
-    took the lease over, and its line is the one that counts."""
-    outcome = item.outcome
-    fields: dict[str, Any] = {
-        "message_id": outcome.message_id, "correlation_id": item.correlation_id,
-        "status": outcome.status if written else "lost_claim", "outcome": outcome.outcome,
-        "attempt": item.attempt, "latency_ms": item.latency_ms,
-    }  # fmt: skip
-    if outcome.provider_message_id:
-        fields["provider_message_id"] = outcome.provider_message_id
-    if outcome.error_code:
-        fields["error_code"] = outcome.error_code
-    if written and outcome.status == "failed":
-        fields["dead_letter"] = True
-    logger.info("delivery outcome", extra={"fields": fields})
 
 
 async def _wait(event: asyncio.Event, timeout_s: float) -> None:

@@ -45,7 +45,7 @@ FROM messages
 WHERE status IN ('scheduled', 'queued', 'retrying') OR status = 'sending'
 GROUP BY status
 """
-DEAD_LETTERS_SQL = "SELECT count(*) FROM dead_letters"
+DEAD_LETTERS_SQL = "SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL"  # waiting: not replayed
 
 
 @dataclass(frozen=True)

@@ -96,13 +96,22 @@ def from_headers(headers: Headers, function: str | None = None) -> RequestIds:
 
 def _context_id(header: str | None, key: str) -> str | None:
     """``key`` of the JSON object in an adapter header, if the header is one and the value is sane."""
+    parsed = context_header(header)
+    return None if parsed is None else sane_id(parsed.get(key))
+
+
+def context_header(header: str | None) -> dict[str, Any] | None:
+    """The JSON object in an adapter header (``x-amzn-lambda-context``, ``x-amzn-request-context``), or ``None``
+    for anything else: absent, longer than any the adapter writes, malformed, nested deeper than the parser
+    recurses, or not an object. Whoever reads these headers reads them through here (the per-address limits too:
+    common/limits/auth_failures.py), so a hostile header is ignored, never a 500."""
     if not header or len(header) > _max_context_header_chars:
         return None
     try:
         parsed: Any = json.loads(header)
-    except (ValueError, RecursionError):  # malformed, or nested deeper than the parser recurses
+    except (ValueError, RecursionError):
         return None
-    return sane_id(parsed.get(key)) if isinstance(parsed, dict) else None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def current() -> RequestIds | None:

@@ -10,6 +10,7 @@ import logging
 import math
 import operator
 import re
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import accumulate
@@ -76,13 +77,25 @@ def dispatch(request: flask.Request, routes: list[Route]) -> flask.Response:
     # Failed authentication is limited per client address (common/limits/auth_failures.py): every 401
     # counts, and an address over the limit is answered 429 before the handler (and its key lookup) runs.
     # Every line logged meanwhile carries the request's ids, and the answer its X-Request-Id (common/log_context.py).
-    with log_context.bound(log_context.from_headers(request.headers, _function_name())):
+    ids = log_context.from_headers(request.headers, _function_name())
+    if flask.has_request_context():
+        flask.g.request_ids = ids  # for the error handlers below, which run after this block has reset them
+    with log_context.bound(ids):
         return guard(request, lambda: _answer(request, routes), _error_response)
 
 
 def _function_name() -> str | None:
     """The functions-framework target serving this process (its Flask app is named after it)."""
     return flask.current_app.name if flask.has_app_context() else None
+
+
+def _request_ids() -> log_context.RequestIds:
+    """In a Flask error handler: the ids ``dispatch`` bound for this request (a generated id stays the same one),
+    else (Flask refused the request before it reached ``dispatch``) the ids its headers give."""
+    ids = flask.g.get("request_ids")
+    if isinstance(ids, log_context.RequestIds):
+        return ids
+    return log_context.from_headers(flask.request.headers, _function_name())
 
 
 def _error_response(exc: ApiError) -> flask.Response:
@@ -222,18 +235,36 @@ def _check_strings(value: Any, where: str) -> None:
 
 def json_http_errors() -> None:
     """Answer what Flask itself refuses (a path no rule matches, such as one with a line break in it, or
-    functions-framework's ``/favicon.ico``) in our JSON error shape, not Werkzeug's HTML. Call it from a
+    functions-framework's ``/favicon.ico``), and any exception nothing else caught (a bug), in our JSON error
+    shape with ``X-Request-Id``, not Werkzeug's HTML or functions-framework's crash text. Call it from a
     function's main.py: functions-framework runs that module inside its new app's context."""
     if flask.has_app_context():  # imported on its own (a test, a tool): there is no app to configure
         flask.current_app.register_error_handler(HTTPException, _werkzeug_error)
+        flask.current_app.register_error_handler(Exception, _unexpected_error)
 
 
 def _werkzeug_error(exc: HTTPException) -> flask.Response:
     status = exc.code or 400
     code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(status, "bad_request")
     message = f"{exc.name}: {flask.request.method} {flask.request.path!r}"
-    with log_context.bound(log_context.from_headers(flask.request.headers, _function_name())):
+    with log_context.bound(_request_ids()):
         return _respond(Reply({"error": {"code": code, "message": message}}, status))
+
+
+def _unexpected_error(exc: Exception) -> flask.Response:
+    """A bug: 500 ``internal_error``, logged once (in place of Flask's own line) under the request's ids.
+
+    The exception's text is neither answered nor logged: it may quote data (a number, a text, a driver's error
+    naming a value). Its type and stack say where it happened; the request id joins the caller's report to it."""
+    with log_context.bound(_request_ids()) as ids:
+        logger.error("unhandled exception", extra={"fields": {
+            "error": type(exc).__name__, "stack": "".join(traceback.format_tb(exc.__traceback__)),
+        }})  # fmt: skip
+        message = (
+            "an unexpected error stopped this request; retry it (with the same Idempotency-Key, a send is not repeated); "
+            f"if it keeps failing, report request id {ids.request_id} to the operator"
+        )
+        return _respond(Reply({"error": {"code": "internal_error", "message": message}}, 500))
 
 
 def _respond(reply: Reply) -> flask.Response:

@@ -171,6 +171,16 @@ def test_behind_a_trusted_proxy_the_address_is_the_one_the_proxy_saw(env, pool, 
     assert get(tenant.auth, "192.0.2.51") == 200
 
 
+DEEP = "[" * 100_000 + "]" * 100_000  # deeper than the JSON parser recurses
+
+
+def test_a_hostile_lambda_request_context_falls_back_to_the_peer_not_a_500(env, monkeypatch):
+    set_env(monkeypatch, TRUSTED_PROXY="lambda")
+    answer = function_client("send").get("/messages", headers={"x-amzn-request-context": DEEP, "X-Request-Id": "deep-1"})
+    assert answer.status_code == 401, answer.get_data(as_text=True)[:500]  # no key: the 401 counted per peer
+    assert answer.get_json()["error"]["code"] and answer.headers["X-Request-Id"] == "deep-1"
+
+
 @pytest.mark.parametrize(
     ("trusted", "headers", "peer", "expected"),
     [
@@ -182,6 +192,10 @@ def test_behind_a_trusted_proxy_the_address_is_the_one_the_proxy_saw(env, pool, 
         ("lambda", {"x-amzn-request-context": json.dumps({"identity": {"sourceIp": "192.0.2.6"}})}, "127.0.0.1",
          "192.0.2.6"),
         ("lambda", {"x-amzn-request-context": "not json"}, "127.0.0.1", "127.0.0.1"),
+        ("lambda", {"x-amzn-request-context": '["not an object"]'}, "127.0.0.1", "127.0.0.1"),
+        ("lambda", {"x-amzn-request-context": DEEP}, "127.0.0.1", "127.0.0.1"),
+        ("lambda", {"x-amzn-request-context": json.dumps({"http": {"sourceIp": "192.0.2.8"}, "pad": "p" * 40_000})},
+         "127.0.0.1", "127.0.0.1"),  # past log_context's size cap: not parsed
         ("none", {}, "2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
         ("none", {}, "::ffff:192.0.2.1", "192.0.2.1"),
     ],

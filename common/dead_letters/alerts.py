@@ -1,31 +1,27 @@
 """The dead-letter alert: too many waiting, or too many arriving.
 
 Fires when the dead letters waiting (not replayed) reach ``DLQ_ALERT_THRESHOLD``, or the ones created in
-the last hour reach ``DLQ_ALERT_GROWTH``. An alert is two lines on stdout, no phone numbers or bodies:
+the last hour reach ``DLQ_ALERT_GROWTH``. An alert is one structured log line, no phone numbers or bodies
+(logger ``koinonia.alerts``, WARNING) with ``alert="dead_letters"``, ``count``, ``last_hour`` and
+``top_error_codes`` (``[{code, count}]``, the five commonest): what to look at first.
 
-- one structured log line (logger ``koinonia.alerts``, WARNING) with ``alert="dead_letters"``,
-  ``count``, ``last_hour`` and ``top_error_codes`` (``[{code, count}]``, the five commonest);
-- one CloudWatch Embedded Metric Format line (namespace ``Koinonia``, dimension ``Service=dlq-drain``,
-  metrics ``DeadLetters`` and ``DeadLettersLastHour``), which CloudWatch Logs turns into metrics to
-  alarm on.
+It writes no metric of its own. CloudWatch alarms on the same two facts from common/metrics (namespace
+``Koinonia``, dimension ``Stage``; template.yaml): ``DeadLetterBacklog`` (the dead-letter rows, a gauge the
+retry-scheduler records every minute) and ``MessagesDead`` (dead letters written, summed over an hour), which,
+unlike a metric written only when this alert fires, have data whether or not anything is wrong.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import sys
-import time
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 
 from common.config import Settings
 from common.db.pool import Pool
 
 logger = logging.getLogger("koinonia.alerts")
 
-metric_namespace = "Koinonia"
-metric_service = "dlq-drain"
 top_codes = 5
 
 _STATS_SQL = """
@@ -74,17 +70,17 @@ def stats(pool: Pool) -> DeadLetterStats:
     return DeadLetterStats(int(count), int(last_hour), codes)
 
 
-def check(pool: Pool, settings: Settings, *, out: TextIO | None = None) -> AlertCheck:
-    """Measure, and emit the alert (log line + metric) if a limit is reached."""
+def check(pool: Pool, settings: Settings) -> AlertCheck:
+    """Measure, and emit the alert (its log line) if a limit is reached."""
     current = stats(pool)
     fired = current.count >= settings.dlq_alert_threshold or current.last_hour >= settings.dlq_alert_growth
     result = AlertCheck(current, settings.dlq_alert_threshold, settings.dlq_alert_growth, fired)
     if fired:
-        emit(result, out=out)
+        emit(result)
     return result
 
 
-def emit(result: AlertCheck, *, out: TextIO | None = None) -> None:
+def emit(result: AlertCheck) -> None:
     s = result.stats
     logger.warning(
         "dead letters need attention",
@@ -93,27 +89,3 @@ def emit(result: AlertCheck, *, out: TextIO | None = None) -> None:
             "top_error_codes": s.top_error_codes, "threshold": result.threshold, "growth": result.growth,
         }},
     )  # fmt: skip
-    stream = out if out is not None else sys.stdout
-    stream.write(json.dumps(emf_document(s)) + "\n")
-    stream.flush()
-
-
-def emf_document(s: DeadLetterStats, *, timestamp_ms: int | None = None) -> dict[str, Any]:
-    return {
-        "_aws": {
-            "Timestamp": timestamp_ms if timestamp_ms is not None else int(time.time() * 1000),
-            "CloudWatchMetrics": [
-                {
-                    "Namespace": metric_namespace,
-                    "Dimensions": [["Service"]],
-                    "Metrics": [
-                        {"Name": "DeadLetters", "Unit": "Count"},
-                        {"Name": "DeadLettersLastHour", "Unit": "Count"},
-                    ],
-                }
-            ],
-        },
-        "Service": metric_service,
-        "DeadLetters": s.count,
-        "DeadLettersLastHour": s.last_hour,
-    }

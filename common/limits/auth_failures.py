@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 import logging
 from collections.abc import Callable
 
 import flask
 
+from common import log_context
 from common.api_errors import ApiError
 from common.config import get_settings
 from common.limits.errors import too_many
@@ -104,13 +104,8 @@ def client_address(request: flask.Request, trusted_proxy: str) -> str:
 
 
 def _lambda_source_ip(context: str | None) -> str | None:
-    if not context:
-        return None
-    try:
-        parsed = json.loads(context)
-    except ValueError:
-        return None
-    if not isinstance(parsed, dict):
+    parsed = log_context.context_header(context)  # malformed, too deep or too long: None, so the TCP peer counts
+    if parsed is None:
         return None
     for section in ("http", "identity"):  # function URL / HTTP API (v2), REST API (v1)
         value = parsed.get(section)
