@@ -41,6 +41,7 @@ class DatabaseTarget:
     unix_sock: str | None
     pool_size: int
     pool_timeout_s: float
+    statement_cache: int = 128  # statements prepared once per connection (0: off; common/db/pool.py)
 
     def describe(self) -> str:
         """Location without credentials, safe to print and log."""
@@ -50,7 +51,7 @@ class DatabaseTarget:
 
 DATABASE_URL_EXPECTED = (
     "expected postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
-    "[?connection_limit=N&pool_timeout=SECONDS] (a unix socket goes in ?host=/dir)"
+    "[?connection_limit=N&pool_timeout=SECONDS&statement_cache=N] (a unix socket goes in ?host=/dir)"
 )
 
 
@@ -65,10 +66,11 @@ def parse_database_url(url: str) -> DatabaseTarget:
         port = parts.port or int(query.get("port", 5432))
         pool_size = int(query.get("connection_limit", constants.default_connection_limit))
         pool_timeout_s = float(query.get("pool_timeout", constants.default_pool_timeout_s))
+        statement_cache = int(query.get("statement_cache", 128))
     except ValueError:
-        raise ValueError(DATABASE_URL_EXPECTED + "; port, connection_limit, pool_timeout are numbers") from None
-    if pool_size < 1 or pool_timeout_s <= 0:
-        raise ValueError("connection_limit must be >= 1 and pool_timeout > 0")
+        raise ValueError(DATABASE_URL_EXPECTED + "; port, connection_limit, pool_timeout, statement_cache are numbers") from None
+    if pool_size < 1 or pool_timeout_s <= 0 or statement_cache < 0:
+        raise ValueError("connection_limit must be >= 1, pool_timeout > 0 and statement_cache >= 0")
     socket_dir = query.get("host") if query.get("host", "").startswith("/") else None
     host = None if socket_dir else (parts.hostname or query.get("host") or "127.0.0.1")
     return DatabaseTarget(
@@ -80,6 +82,7 @@ def parse_database_url(url: str) -> DatabaseTarget:
         unix_sock=f"{socket_dir}/.s.PGSQL.{port}" if socket_dir else None,
         pool_size=pool_size,
         pool_timeout_s=pool_timeout_s,
+        statement_cache=statement_cache,
     )
 
 

@@ -112,3 +112,57 @@ def test_unreachable_database_says_what_to_do(tmp_path):
     with pytest.raises(DatabaseUnavailable, match="is it running"):
         pool.run("SELECT 1")
     assert pool.stats().open == 0
+
+
+def _prepared(conn) -> int:
+    return int(conn.run("SELECT count(*) FROM pg_prepared_statements")[0][0])
+
+
+def test_a_statement_with_parameters_is_prepared_once_per_connection(database_url):
+    pool = _sized(database_url, connection_limit=1)
+    try:
+        with pool.connection() as conn:
+            before = _prepared(conn)
+            for i in range(5):
+                assert conn.run("SELECT CAST(:x AS int) + 1", x=i) == [[i + 1]]
+            assert _prepared(conn) == before + 1
+            assert conn.run("SELECT CAST(:x AS text) || 'b'", x="a") == [["ab"]]
+            assert _prepared(conn) == before + 2
+    finally:
+        pool.close()
+
+
+def test_the_statement_cache_is_bounded_and_can_be_turned_off(database_url):
+    pool = _sized(database_url, connection_limit=1, statement_cache=2)
+    off = _sized(database_url, connection_limit=1, statement_cache=0)
+    try:
+        with pool.connection() as conn:
+            for i in range(5):
+                conn.run(f"SELECT CAST(:x AS int) + {i}", x=1)
+            assert _prepared(conn) == 2, "the least recently used statements are closed"
+        with off.connection() as conn:
+            conn.run("SELECT CAST(:x AS int)", x=1)
+            assert _prepared(conn) == 0
+    finally:
+        pool.close()
+        off.close()
+
+
+def test_a_plan_a_migration_invalidated_is_prepared_again(database_url):
+    pool = _sized(database_url, connection_limit=1)
+    try:
+        with pool.connection() as conn:
+            conn.run("CREATE TABLE cache_probe (id int)")
+            conn.run("INSERT INTO cache_probe VALUES (1)")
+            sql = "SELECT * FROM cache_probe WHERE id = CAST(:id AS int)"
+            assert conn.run(sql, id=1) == [[1]]
+            conn.run("ALTER TABLE cache_probe ADD COLUMN note text")
+            assert conn.run(sql, id=1) == [[1, None]], "outside a transaction: prepared again at once"
+            conn.run("ALTER TABLE cache_probe ADD COLUMN more text")
+            conn.run("BEGIN")
+            with pytest.raises(pg8000.native.DatabaseError, match="0A000"):
+                conn.run(sql, id=1)  # inside one, which the error aborts
+            conn.run("ROLLBACK")
+            assert conn.run(sql, id=1) == [[1, None, None]], "the retry prepares it again"
+    finally:
+        pool.close()

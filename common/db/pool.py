@@ -15,7 +15,7 @@ import socket
 import struct
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -190,7 +190,8 @@ class Pool:
     def _connect(self) -> Connection:
         t = self.target
         try:
-            conn = pg8000.native.Connection(
+            conn = _PreparingConnection(
+                statement_cache=t.statement_cache,
                 user=t.user,
                 password=t.password,
                 database=t.database,
@@ -231,6 +232,58 @@ def _breaks_connection(exc: BaseException) -> bool:
         code = str(exc.args[0].get("C", "")) if exc.args and isinstance(exc.args[0], dict) else ""
         return code.startswith(("08", "57P"))
     return False
+
+
+class _PreparingConnection(pg8000.native.Connection):  # type: ignore[misc]  # pg8000 ships no types
+    """pg8000's connection, with each parameterised statement prepared once and then only bound and executed.
+
+    pg8000 runs a statement with parameters as three round trips (parse, describe, bind/execute) after turning
+    its ``:name`` parameters into ``$n`` in Python, character by character, every time; the consumer's claim and
+    outcome statements are long and run thousands of times a minute. Prepared once per connection, each later
+    run is one round trip and no parsing. The cache is per connection (statements live in the server session),
+    bounded (least recently used out), and ``statement_cache=0`` in ``DATABASE_URL`` turns it off (RDS Proxy
+    pins a client's session while it holds prepared statements: turn it off if the proxy's multiplexing
+    matters more than the round trips). A statement whose plan a migration invalidated is dropped from the
+    cache when PostgreSQL says so and prepared again at once; inside a transaction (which that error aborted) the
+    call fails and the caller's retry prepares it again.
+    """
+
+    def __init__(self, *args: Any, statement_cache: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._statement_cache = statement_cache
+        self._prepared: OrderedDict[str, Any] = OrderedDict()
+
+    def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
+        if not params or stream is not None or types is not None or not self._statement_cache:
+            return super().run(sql, stream=stream, types=types, **params)
+        statement = self._prepared.get(sql)
+        if statement is None:
+            statement = self.prepare(sql)
+            self._prepared[sql] = statement
+            if len(self._prepared) > self._statement_cache:
+                _, oldest = self._prepared.popitem(last=False)
+                oldest.close()
+        else:
+            self._prepared.move_to_end(sql)
+        try:
+            return statement.run(**params)
+        except pg8000.native.DatabaseError as exc:
+            if _sqlstate_code(exc) not in _STALE_PLAN:
+                raise
+            self._prepared.pop(sql, None)
+            if getattr(self, "_transaction_status", _IDLE) != _IDLE:
+                raise  # inside a transaction, which this error aborted: the caller's retry prepares it again
+            statement = self.prepare(sql)  # outside one: prepared again at once, as pg8000 alone would have
+            self._prepared[sql] = statement
+            return statement.run(**params)
+
+
+_STALE_PLAN = {"0A000", "26000"}  # cached plan must not change result type; prepared statement does not exist
+
+
+def _sqlstate_code(exc: BaseException) -> str | None:
+    detail = exc.args[0] if exc.args else None
+    return str(detail.get("C")) if isinstance(detail, dict) and detail.get("C") else None
 
 
 def _looks_alive(conn: Connection) -> bool:
