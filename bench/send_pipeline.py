@@ -337,7 +337,8 @@ class FunctionServer:
         self.port = free_port()
         binary = Path(sys.executable).parent / "functions-framework"
         cmd = [str(binary) if binary.exists() else (shutil.which("functions-framework") or "functions-framework")]
-        cmd += [f"--target={name}", f"--source=functions/{name}/main.py", "--port", str(self.port)]
+        target = name.replace("-", "_")  # functions/retry-scheduler/main.py defines retry_scheduler
+        cmd += [f"--target={target}", f"--source=functions/{name}/main.py", "--port", str(self.port)]
         self.log = logs / f"{name}-function.log"
         self.log_file = self.log.open("wb")
         self.proc = subprocess.Popen(
@@ -1136,6 +1137,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=50, help="1-recipient POSTs before measuring")
     parser.add_argument("--write", action="store_true", help="write results even with --quick")
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md and results.json")
+    parser.add_argument("--json", type=Path, help="also write the summary to this file (bench/compare.py reads it)")
     args = parser.parse_args()
     args.runs = args.runs or (1 if args.quick else 3)
     args.single = args.single or (100 if args.quick else 500)
@@ -1196,6 +1198,8 @@ def main() -> int:
     summary = summarise(accept, drains, services, args)
     summary["code"] = code
     section = render(summary, accept, drains, (loads_start, load()))
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     say()
     say(section)
     if write:
