@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from common import metrics
+from common.db.arrays import pg_array
 from common.db.pool import Connection, Pool
 from common.ids import uuid7
 from common.messages import receipts
@@ -268,15 +269,15 @@ def insert_messages(conn: Connection, rows: NewMessages, *, chunk: int = 5000) -
             to_hash = [ring.lookup_hash(rows.church_id, a) for a in addresses]
         else:
             to_hash = list(rows.to_hashes[start:end])
-        conn.run(
+        conn.run(  # the per-row columns as array literals made in one pass (common/db/arrays.py)
             INSERT_MESSAGES_SQL,
-            ids=list(rows.ids[start:end]),
-            to_enc=to_enc,
-            to_hash=to_hash,
-            statuses=list(rows.statuses[start:end]),
-            next_at=list(rows.next_attempt_at[start:end]),
-            deadlines=list(rows.deadline_at[start:end]),
-            zones=list(rows.recipient_tz[start:end]),
+            ids=pg_array(rows.ids[start:end]),
+            to_enc=pg_array(to_enc),
+            to_hash=pg_array(to_hash),
+            statuses=pg_array(rows.statuses[start:end]),
+            next_at=pg_array(rows.next_attempt_at[start:end]),
+            deadlines=pg_array(rows.deadline_at[start:end]),
+            zones=pg_array(rows.recipient_tz[start:end]),
             church_id=rows.church_id,
             broadcast_id=rows.broadcast_id,
             channel=rows.channel,
