@@ -166,3 +166,17 @@ def test_a_plan_a_migration_invalidated_is_prepared_again(database_url):
             assert conn.run(sql, id=1) == [[1, None, None]], "the retry prepares it again"
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("literal", [
+    "2026-12-04 19:00:00.123456+00", "2026-12-04 19:00:00+00", "2026-06-01 12:30:00.5+05:30", "0999-01-01 00:00:00+00",
+    "infinity", "-infinity", "10000-01-01 00:00:00+00", "2000-01-01 00:00:00 BC",
+])  # fmt: skip
+def test_timestamps_read_back_as_pg8000_reads_them(pool, literal):
+    from pg8000.converters import timestamptz_in
+
+    with pool.connection() as conn:
+        text = conn.run("SELECT CAST(CAST(:t AS timestamptz) AS text)", t=literal)[0][0]
+        value = conn.run("SELECT CAST(:t AS timestamptz)", t=literal)[0][0]
+    assert value == timestamptz_in(text)
+    assert type(value) is type(timestamptz_in(text))

@@ -19,9 +19,11 @@ from collections import OrderedDict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol, cast
 
 import pg8000.native
+from pg8000.converters import timestamptz_in
 
 from common.config import DatabaseTarget
 
@@ -252,6 +254,7 @@ class _PreparingConnection(pg8000.native.Connection):  # type: ignore[misc]  # p
         super().__init__(*args, **kwargs)
         self._statement_cache = statement_cache
         self._prepared: OrderedDict[str, Any] = OrderedDict()
+        self.register_in_adapter(_TIMESTAMPTZ_OID, _timestamptz_in)
 
     def run(self, sql: str, stream: Any = None, types: Any = None, **params: Any) -> Any:
         if not params or stream is not None or types is not None or not self._statement_cache:
@@ -276,6 +279,20 @@ class _PreparingConnection(pg8000.native.Connection):  # type: ignore[misc]  # p
             statement = self.prepare(sql)  # outside one: prepared again at once, as pg8000 alone would have
             self._prepared[sql] = statement
             return statement.run(**params)
+
+
+_TIMESTAMPTZ_OID = 1184
+
+
+def _timestamptz_in(text: str) -> datetime | str:
+    """A ``timestamptz`` from PostgreSQL's text form: ``datetime.fromisoformat`` (C, ~0.2 us) where pg8000 uses
+    ``strptime`` (~10 us). A page of 50 messages decodes ~150 of them, and the load test found it at 17% of the
+    send function's time. Anything ``fromisoformat`` refuses (``infinity``, years past 9999, BC) goes to
+    pg8000's own converter, so the values are the ones pg8000 would give."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return cast("datetime | str", timestamptz_in(text))
 
 
 _STALE_PLAN = {"0A000", "26000"}  # cached plan must not change result type; prepared statement does not exist
