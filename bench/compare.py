@@ -229,34 +229,44 @@ def main() -> int:
         results.update({part: earlier[part] for part in PARTS if part in earlier and part not in ran})
         say(f"reusing {', '.join(results)} from {args.reuse}")
     sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else None
+    errors: dict[str, str] = {}
     for part in ran:
         say(f"\n=== {part} ===")
-        if part == "pipeline":
-            results[part] = run_pipeline(args.quick)
-        elif part == "peers":
-            results[part] = peers.run(peers.PeersConfig.make(n=args.n, runs=args.runs, quick=args.quick, http=args.http))
-        elif part == "ours":
-            results[part] = ours.run(ours.Config.make(n=args.n, runs=args.runs, quick=args.quick))
-        elif part == "scaling":
-            results[part] = scaling.run(scaling.Config.make(runs=args.runs, quick=args.quick, sizes=sizes))
-        elif part == "costs":
-            results[part] = costs.run(costs.Config.make(quick=args.quick))
-        elif part == "load":
-            results[part] = load.run(load.LoadConfig.from_orchestrator(quick=args.quick))
+        try:
+            results[part] = run_part(part, args, sizes)
+        except (Exception, SystemExit) as exc:  # one part failing must not lose the others' figures
+            errors[part] = f"{type(exc).__name__}: {exc}"
+            say(f"{part} FAILED: {errors[part]}")
+        if args.json:  # after every part: a long run that dies later keeps what it measured (--reuse takes it)
+            args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
     section = render(results, [p for p in PARTS if p in results], args.quick, started)
     say()
     say(section)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-    failed = [name for name in ("peers",) if results.get(name) and not results[name].get("ok", True)]
-    if args.write and not args.quick:
+    failed = sorted(errors) + [name for name in ("peers",) if results.get(name) and not results[name].get("ok", True)]
+    if args.write and not args.quick and not failed:
         write_section(SECTION, section)
         update_json(json_keys(results))
         say(f"wrote {RESULTS.relative_to(ROOT)} ({SECTION}) and {RESULTS_JSON.relative_to(ROOT)}")
     if failed:
-        say(f"not clean: {', '.join(failed)} (see above)")
+        say(f"not clean: {', '.join(failed)} (see above); nothing written")
         return 1
     return 0
+
+
+def run_part(part: str, args: argparse.Namespace, sizes: list[int] | None) -> dict[str, Any]:
+    if part == "pipeline":
+        return run_pipeline(args.quick)
+    if part == "peers":
+        return peers.run(peers.PeersConfig.make(n=args.n, runs=args.runs, quick=args.quick, http=args.http))
+    if part == "ours":
+        return ours.run(ours.Config.make(n=args.n, runs=args.runs, quick=args.quick))
+    if part == "scaling":
+        return scaling.run(scaling.Config.make(runs=args.runs, quick=args.quick, sizes=sizes))
+    if part == "costs":
+        return costs.run(costs.Config.make(quick=args.quick))
+    if part == "load":
+        return load.run(load.LoadConfig.from_orchestrator(quick=args.quick))
+    raise ValueError(f"unknown part {part}")
 
 
 if __name__ == "__main__":
