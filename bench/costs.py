@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import send_pipeline as sp  # noqa: E402
-from our_stack import CLIENTS, Stack, drain_line, fill_line, machine  # noqa: E402
+from our_stack import CLIENTS, Stack, drain_line, fill_line, machine, run_and_show  # noqa: E402
 
 say = sp.say
 COMMAND = "python bench/costs.py"
@@ -678,14 +678,7 @@ def main() -> int:
         return 0
     config = Config.make(quick=args.quick, profile_n=args.profile_n, keep_profiles=args.keep_profiles,
                          latencies=[float(x) for x in args.latencies.split(",") if x.strip()])  # fmt: skip
-    say(f"machine: {sp.machine_line()}")
-    result = run(config)
-    say()
-    say(render(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        say(f"wrote {args.json}")
-    return 0
+    return run_and_show(run, render, config, args.json)
 
 
 if __name__ == "__main__":

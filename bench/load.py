@@ -74,7 +74,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import datetime as dt
 import json
@@ -591,25 +590,13 @@ class Bench:
         self.server_settings: tuple[Setting, int] | None = None
         self.workers: list[psutil.Process] = []
         self.consumer: Consumer | None = None
-        ours = {name.upper() for name in Settings.model_fields} | {"WORKERS", "THREADS"}
-        self.base_env = {
-            **{k: v for k, v in os.environ.items() if k not in ours},
-            "PYTHONUNBUFFERED": "1",
-            "REDIS_URL": services.redis_url,
-            "REDIS_KEY_PREFIX": services.prefix,
-            "ENABLE_QUEUES": "true",
-            "ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
-            "LOOKUP_KEY": base64.b64encode(os.urandom(32)).decode(),
-            "TELNYX_API_KEY": sp.SANDBOX_KEY,
-            "TELNYX_WEBHOOK_URL": sp.WEBHOOK_URL,
-            "LOG_LEVEL": "WARNING",
-            "APP_ENV": "staging",
-            "METRICS_FORMAT": "emf",  # as template.yaml deploys it: one line on stdout per request
-            "STAGE": "bench",
-            "ACCOUNT_SMS_PER_SECOND": str(ACCOUNT_RATE),
-            "ACCOUNT_MMS_PER_SECOND": str(ACCOUNT_RATE),
-            "WAKE_QUEUE_URL": "",
-        }
+        self.base_env = sp.function_env(
+            services,
+            METRICS_FORMAT="emf",  # as template.yaml deploys it: one line on stdout per request
+            STAGE="bench",
+            ACCOUNT_SMS_PER_SECOND=str(ACCOUNT_RATE),
+            ACCOUNT_MMS_PER_SECOND=str(ACCOUNT_RATE),
+        )
         # This process seals the history it inserts: with the function's own keys.
         os.environ.update({k: v for k, v in self.base_env.items() if k.lower() in Settings.model_fields})
         os.environ["DATABASE_URL"] = services.database_url(4)

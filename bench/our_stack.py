@@ -584,3 +584,17 @@ def fill_line(f: Fill) -> str:
 
 def machine() -> dict[str, Any]:
     return {"cores": os.cpu_count(), "python": platform.python_version(), "cpu": sp.cpu_model(), "line": sp.machine_line()}
+
+
+def run_and_show(
+    run: Callable[[Any], dict[str, Any]], render: Callable[[dict[str, Any]], str], config: Any, json_path: Path | None
+) -> int:
+    """A part's ``main``, after its arguments: run it, print its markdown, save its result if asked."""
+    sp.say(f"machine: {sp.machine_line()}")
+    result = run(config)
+    sp.say()
+    sp.say(render(result))
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+        sp.say(f"wrote {json_path}")
+    return 0

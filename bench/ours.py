@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import shutil
 import sys
 import tempfile
@@ -43,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import send_pipeline as sp  # noqa: E402
-from our_stack import CLIENTS, Drain, Fill, Stack, drain_line, fill_line, machine  # noqa: E402
+from our_stack import CLIENTS, Drain, Fill, Stack, drain_line, fill_line, machine, run_and_show  # noqa: E402
 
 say = sp.say
 COMMAND = "python bench/ours.py"
@@ -220,14 +219,7 @@ def main() -> int:
         n=args.n, runs=args.runs, concurrency=args.concurrency, quick=args.quick, clients=args.clients,
         latencies=[float(x) for x in args.latencies.split(",") if x.strip()],
     )  # fmt: skip
-    say(f"machine: {sp.machine_line()}")
-    result = run(config)
-    say()
-    say(render(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        say(f"wrote {args.json}")
-    return 0
+    return run_and_show(run, render, config, args.json)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import shutil
 import sys
 import tempfile
@@ -39,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import send_pipeline as sp  # noqa: E402
-from our_stack import CLIENTS, Drain, Fill, Stack, drain_line, fill_line, machine, worker_process  # noqa: E402
+from our_stack import CLIENTS, Drain, Fill, Stack, drain_line, fill_line, machine, run_and_show, worker_process  # noqa: E402
 
 say = sp.say
 COMMAND = "python bench/scaling.py"
@@ -274,14 +273,7 @@ def main() -> int:
         n=args.n, runs=args.runs, concurrency=args.concurrency, latencies=[args.latency], quick=args.quick,
         sizes=args.sizes, processes=args.processes, size_runs=args.size_runs, clients=args.clients,
     )  # fmt: skip
-    say(f"machine: {sp.machine_line()}")
-    result = run(config)
-    say()
-    say(render(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        say(f"wrote {args.json}")
-    return 0
+    return run_and_show(run, render, config, args.json)
 
 
 if __name__ == "__main__":

@@ -670,6 +670,30 @@ class DrainRun:
         return median(self.fill_ms)
 
 
+def function_env(services: Services, **overrides: str) -> dict[str, str]:
+    """The environment our processes run with in a benchmark. Settings come from here only: the caller's
+    Koinonia variables are dropped, and everything that shapes the measurement is set (values a .env file could
+    otherwise supply); ``overrides`` adds or replaces variables."""
+    ours = {name.upper() for name in Settings.model_fields} | {"WORKERS", "THREADS"}
+    return {
+        **{k: v for k, v in os.environ.items() if k not in ours},
+        "PYTHONUNBUFFERED": "1",
+        "REDIS_URL": services.redis_url,
+        "REDIS_KEY_PREFIX": services.prefix,
+        "ENABLE_QUEUES": "true",
+        "ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
+        "LOOKUP_KEY": base64.b64encode(os.urandom(32)).decode(),
+        "TELNYX_API_KEY": SANDBOX_KEY,
+        "TELNYX_WEBHOOK_URL": WEBHOOK_URL,
+        "LOG_LEVEL": "WARNING",
+        "APP_ENV": "staging",
+        "ACCOUNT_SMS_PER_SECOND": str(ACCOUNT_RATE),
+        "ACCOUNT_MMS_PER_SECOND": str(ACCOUNT_RATE),
+        "WAKE_QUEUE_URL": "",
+        **overrides,
+    }
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, services: Services, logs: Path) -> None:
         self.args = args
@@ -677,34 +701,18 @@ class Bench:
         self.logs = logs
         self.sandbox: Sandbox | None = None
         self.server: FunctionServer | None = None
-        # Settings come from here only: the caller's Koinonia variables are dropped, and everything that
-        # shapes the measurement is set (values a .env file could otherwise supply).
-        ours = {name.upper() for name in Settings.model_fields} | {"WORKERS", "THREADS"}
-        self.base_env = {
-            **{k: v for k, v in os.environ.items() if k not in ours},
-            "PYTHONUNBUFFERED": "1",
-            "REDIS_URL": services.redis_url,
-            "REDIS_KEY_PREFIX": services.prefix,
-            "ENABLE_QUEUES": "true",
-            "ENCRYPTION_KEY": base64.b64encode(os.urandom(32)).decode(),
-            "LOOKUP_KEY": base64.b64encode(os.urandom(32)).decode(),
-            "TELNYX_API_KEY": SANDBOX_KEY,
-            "TELNYX_WEBHOOK_URL": WEBHOOK_URL,
-            "LOG_LEVEL": "WARNING",
-            "APP_ENV": "staging",
-            "ACCOUNT_SMS_PER_SECOND": str(ACCOUNT_RATE),
-            "ACCOUNT_MMS_PER_SECOND": str(ACCOUNT_RATE),
-            "CONSUMER_CONCURRENCY": str(CONSUMER_CONCURRENCY),
-            "CONSUMER_BATCH": "100",
-            "LEASE_S": "30",
-            "REDIS_TIMEOUT_MS": "100",
-            "WAKE_QUEUE_URL": "",
+        self.base_env = function_env(
+            services,
+            CONSUMER_CONCURRENCY=str(CONSUMER_CONCURRENCY),
+            CONSUMER_BATCH="100",
+            LEASE_S="30",
+            REDIS_TIMEOUT_MS="100",
             # Per-church limits (issue #6) stay on the measured path but far above what the bench sends
             # (thousands of requests a minute, 180,000+ bulk recipients a run); the churches' plans come
             # from tests/factories.make_church (an active subscription with a large allowance).
-            "CHURCH_SEND_LIMIT": "100000000",
-            "CHURCH_BULK_RECIPIENTS_LIMIT": "1000000000",
-        }
+            CHURCH_SEND_LIMIT="100000000",
+            CHURCH_BULK_RECIPIENTS_LIMIT="1000000000",
+        )
         self.a_numbers = Numbers("312")
         self.b_numbers = Numbers("646")
         self.c_numbers = Numbers("415")
