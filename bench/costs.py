@@ -39,7 +39,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter, defaultdict
@@ -53,7 +52,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import send_pipeline as sp  # noqa: E402
-from our_stack import CLIENTS, Stack, drain_line, fill_line, machine, run_and_show  # noqa: E402
+from our_stack import CLIENTS, Stack, drain_line, fill_line, machine, run_and_show, running_stack  # noqa: E402
 
 say = sp.say
 COMMAND = "python bench/costs.py"
@@ -536,21 +535,12 @@ def run(config: Config) -> dict[str, Any]:
     at = ", ".join(f"{x:g} ms" for x in config.latencies)
     say(f"costs: counts for a 1-recipient send, {config.broadcast:,}-recipient broadcasts and drains of "
         f"{config.drain_n:,} at {at}; profile over {config.profile_n:,}")  # fmt: skip
-    logs = Path(tempfile.mkdtemp(prefix="koinonia-costs-"))
-    stack = Stack(logs, concurrency=config.concurrency, quiet=not config.quick)
     result: dict[str, Any] = {}
-    with sp.terminate_as_interrupt():
-        try:
-            stack.start()
-            stack.warm_up(config.clients)
-            say("counts (in-process send and consumer, instrumented pg8000 and redis-py):")
-            result["counts"] = run_child(stack, config)
-            say("profile (py-spy):")
-            result["profile"] = profile(stack, config, logs)
-        finally:
-            say(f"stopping; dropping database {stack.services.db_name}, deleting Redis prefix {stack.services.prefix}")
-            stack.stop()
-            shutil.rmtree(logs, ignore_errors=True)
+    with running_stack("costs", concurrency=config.concurrency, quick=config.quick, clients=config.clients) as stack:
+        say("counts (in-process send and consumer, instrumented pg8000 and redis-py):")
+        result["counts"] = run_child(stack, config)
+        say("profile (py-spy):")
+        result["profile"] = profile(stack, config, stack.logs)
     result.update({
         "broadcast": config.broadcast, "drain_n": config.drain_n, "latencies_ms": list(config.latencies),
         "concurrency": config.concurrency, "version": code, "machine": machine(),

@@ -32,12 +32,14 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -598,3 +600,23 @@ def run_and_show(
         json_path.write_text(json.dumps(result, indent=2) + "\n")
         sp.say(f"wrote {json_path}")
     return 0
+
+
+@contextlib.contextmanager
+def running_stack(name: str, *, concurrency: int, quick: bool, clients: int) -> Iterator[Stack]:
+    """A started and warmed-up ``Stack`` for one part (ours, scaling, costs): its logs in a temporary folder,
+    the send function's log tail shown if the part fails, and everything stopped and removed at the end."""
+    logs = Path(tempfile.mkdtemp(prefix=f"koinonia-{name}-"))
+    stack = Stack(logs, concurrency=concurrency, quiet=not quick)
+    with sp.terminate_as_interrupt():
+        try:
+            stack.start()
+            stack.warm_up(clients)
+            yield stack
+        except BaseException:
+            sp.say(f"send function log tail:\n{stack.server.tail() if getattr(stack, 'server', None) else ''}")
+            raise
+        finally:
+            sp.say(f"stopping; dropping database {stack.services.db_name}, deleting Redis prefix {stack.services.prefix}")
+            stack.stop()
+            shutil.rmtree(logs, ignore_errors=True)

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import send_pipeline as sp  # noqa: E402
-from our_stack import CLIENTS, Drain, Fill, Stack, drain_line, fill_line, machine, run_and_show  # noqa: E402
+from our_stack import CLIENTS, Drain, Fill, drain_line, fill_line, machine, run_and_show, running_stack  # noqa: E402
 
 say = sp.say
 COMMAND = "python bench/ours.py"
@@ -88,31 +86,19 @@ def run(config: Config) -> dict[str, Any]:
     code, _ = sp.code_state()
     say(f"ours: N = {config.n:,} per drain, {config.runs} run(s) x latencies {', '.join(key(x) for x in config.latencies)}, "
         f"consumer concurrency {config.concurrency}, {config.clients} accept clients")  # fmt: skip
-    logs = Path(tempfile.mkdtemp(prefix="koinonia-ours-"))
     runs = Runs()
-    stack = Stack(logs, concurrency=config.concurrency, quiet=not config.quick)
-    with sp.terminate_as_interrupt():
-        try:
-            stack.start()
-            stack.warm_up(config.clients)
-            for r in range(config.runs):
-                for latency in config.latencies:
-                    stack.wait_quiet()
-                    say(f"  run {r + 1}/{config.runs}, {key(latency)}: accept {config.n:,} ({config.clients} clients)")
-                    fill = stack.fill(config.n, config.clients)
-                    say(fill_line(fill))
-                    say(f"  run {r + 1}/{config.runs}, {key(latency)}: drain with one consumer")
-                    drain = stack.drain(fill, latency, kind="ours")
-                    say(drain_line(drain))
-                    runs.fills.append(fill)
-                    runs.drains.append(drain)
-        except BaseException:
-            say(f"send function log tail:\n{stack.server.tail() if getattr(stack, 'server', None) else ''}")
-            raise
-        finally:
-            say(f"stopping; dropping database {stack.services.db_name}, deleting Redis prefix {stack.services.prefix}")
-            stack.stop()
-            shutil.rmtree(logs, ignore_errors=True)
+    with running_stack("ours", concurrency=config.concurrency, quick=config.quick, clients=config.clients) as stack:
+        for r in range(config.runs):
+            for latency in config.latencies:
+                stack.wait_quiet()
+                say(f"  run {r + 1}/{config.runs}, {key(latency)}: accept {config.n:,} ({config.clients} clients)")
+                fill = stack.fill(config.n, config.clients)
+                say(fill_line(fill))
+                say(f"  run {r + 1}/{config.runs}, {key(latency)}: drain with one consumer")
+                drain = stack.drain(fill, latency, kind="ours")
+                say(drain_line(drain))
+                runs.fills.append(fill)
+                runs.drains.append(drain)
     return summarise(config, runs, code)
 
 

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import send_pipeline as sp  # noqa: E402
-from our_stack import CLIENTS, Drain, Fill, Stack, drain_line, fill_line, machine, run_and_show, worker_process  # noqa: E402
+from our_stack import CLIENTS, Drain, Fill, Stack, drain_line, fill_line, machine, run_and_show, running_stack, worker_process  # noqa: E402
 
 say = sp.say
 COMMAND = "python bench/scaling.py"
@@ -85,46 +83,34 @@ def run(config: Config) -> dict[str, Any]:
     listed = ", ".join(f"{s:,}" for s in config.sizes)
     say(f"scaling: {config.processes} consumer processes x N = {config.n:,} ({config.runs} run(s)); sizes {listed} "
         f"with the retry-scheduler running; {config.latency_ms:g} ms latency")  # fmt: skip
-    logs = Path(tempfile.mkdtemp(prefix="koinonia-scaling-"))
     procs: list[Drain] = []
     sizes: list[tuple[Fill, Drain, dict[str, float]]] = []
-    stack = Stack(logs, concurrency=config.concurrency, quiet=not config.quick)
-    with sp.terminate_as_interrupt():
-        try:
-            stack.start()
-            stack.warm_up(config.clients)
-            say("consumer processes:")
-            for r in range(config.runs):
-                for count in config.processes:
-                    stack.wait_quiet()
-                    fill = stack.fill(config.n, config.clients)
-                    say(f"  run {r + 1}/{config.runs}, {count} process(es): queued {config.n:,} "
-                        f"({fill.per_s:,.0f} msg/s accepted); draining at {config.latency_ms:g} ms")  # fmt: skip
-                    drain = stack.drain(fill, config.latency_ms, kind="processes", processes=count)
-                    say(drain_line(drain))
-                    procs.append(drain)
-            say("sizes (one consumer, retry-scheduler invoked back to back):")
-            stack.scheduler_port()  # started before the first size, so its RSS before each size is known
-            for n in config.sizes:
-                for r in range(config.size_runs):
-                    stack.wait_quiet()
-                    before = _rss_mb(stack)
-                    say(f"  N = {n:,} (run {r + 1}/{config.size_runs}): accept")
-                    fill = stack.fill(n, config.clients, progress=n >= 100_000)
-                    before["redis"] = stack.redis_mb()
-                    say(fill_line(fill) + f"; the queue holds {before['redis']:.1f} MB of Redis")
-                    say(f"  N = {n:,}: drain at {config.latency_ms:g} ms, one consumer, scheduler running")
-                    drain = stack.drain(fill, config.latency_ms, kind=f"size-{n}", scheduler=True,
-                                        scheduler_budget_s=config.scheduler_budget_s)
-                    say(drain_line(drain) + f"; scheduler {_sched_line(drain.scheduler)}")
-                    sizes.append((fill, drain, before))
-        except BaseException:
-            say(f"send function log tail:\n{stack.server.tail() if getattr(stack, 'server', None) else ''}")
-            raise
-        finally:
-            say(f"stopping; dropping database {stack.services.db_name}, deleting Redis prefix {stack.services.prefix}")
-            stack.stop()
-            shutil.rmtree(logs, ignore_errors=True)
+    with running_stack("scaling", concurrency=config.concurrency, quick=config.quick, clients=config.clients) as stack:
+        say("consumer processes:")
+        for r in range(config.runs):
+            for count in config.processes:
+                stack.wait_quiet()
+                fill = stack.fill(config.n, config.clients)
+                say(f"  run {r + 1}/{config.runs}, {count} process(es): queued {config.n:,} "
+                    f"({fill.per_s:,.0f} msg/s accepted); draining at {config.latency_ms:g} ms")  # fmt: skip
+                drain = stack.drain(fill, config.latency_ms, kind="processes", processes=count)
+                say(drain_line(drain))
+                procs.append(drain)
+        say("sizes (one consumer, retry-scheduler invoked back to back):")
+        stack.scheduler_port()  # started before the first size, so its RSS before each size is known
+        for n in config.sizes:
+            for r in range(config.size_runs):
+                stack.wait_quiet()
+                before = _rss_mb(stack)
+                say(f"  N = {n:,} (run {r + 1}/{config.size_runs}): accept")
+                fill = stack.fill(n, config.clients, progress=n >= 100_000)
+                before["redis"] = stack.redis_mb()
+                say(fill_line(fill) + f"; the queue holds {before['redis']:.1f} MB of Redis")
+                say(f"  N = {n:,}: drain at {config.latency_ms:g} ms, one consumer, scheduler running")
+                drain = stack.drain(fill, config.latency_ms, kind=f"size-{n}", scheduler=True,
+                                    scheduler_budget_s=config.scheduler_budget_s)
+                say(drain_line(drain) + f"; scheduler {_sched_line(drain.scheduler)}")
+                sizes.append((fill, drain, before))
     return summarise(config, procs, sizes, code)
 
 
